@@ -1,0 +1,66 @@
+"""Version shims: every reliance on CPython's private asyncio state lives here.
+
+asyncio keeps "the running loop" and "the current task" per OS thread. Under
+gevent many greenlets share one OS thread, so :mod:`geventflask.loop` swaps that
+state whenever the greenlet that runs the loop changes. How that state is
+reached differs between versions:
+
+* 3.10-3.11: the current task lives in ``asyncio.tasks._current_tasks``, a dict
+  keyed by loop (the C accelerator's dict when ``_asyncio`` is available).
+* 3.12-3.14: ``asyncio.tasks._swap_current_task(loop, task)`` sets it and
+  returns the previous one (3.14 keeps it in the thread state).
+* All versions: ``asyncio.events._set_running_loop`` and
+  ``asyncio.events._get_running_loop`` set and read the running loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.base_events
+import asyncio.events
+import asyncio.tasks
+import sys
+import typing as t
+
+__all__ = [
+    "MAXIMUM_SELECT_TIMEOUT",
+    "MIN_CANCELLED_TIMER_HANDLES_FRACTION",
+    "MIN_SCHEDULED_TIMER_HANDLES",
+    "format_handle",
+    "get_running_loop_or_none",
+    "set_running_loop",
+    "swap_current_task",
+]
+
+set_running_loop: t.Callable[[asyncio.AbstractEventLoop | None], None]
+set_running_loop = asyncio.events._set_running_loop
+get_running_loop_or_none: t.Callable[[], asyncio.AbstractEventLoop | None]
+get_running_loop_or_none = asyncio.events._get_running_loop
+
+# The timer-heap housekeeping thresholds CPython's own loop uses; the hub loop
+# keeps the same ones so cancelled timers are compacted at the same rate.
+MIN_SCHEDULED_TIMER_HANDLES: int = asyncio.base_events._MIN_SCHEDULED_TIMER_HANDLES
+MIN_CANCELLED_TIMER_HANDLES_FRACTION: float = (
+    asyncio.base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
+)
+MAXIMUM_SELECT_TIMEOUT: float = asyncio.base_events.MAXIMUM_SELECT_TIMEOUT
+format_handle: t.Callable[[asyncio.Handle], str] = asyncio.base_events._format_handle
+
+
+if sys.version_info >= (3, 12):
+    swap_current_task: t.Callable[
+        [asyncio.AbstractEventLoop, "asyncio.Task[t.Any] | None"],
+        "asyncio.Task[t.Any] | None",
+    ] = asyncio.tasks._swap_current_task  # type: ignore[attr-defined]
+else:
+    _current_tasks: dict[t.Any, t.Any] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+
+    def swap_current_task(
+        loop: asyncio.AbstractEventLoop, task: asyncio.Task[t.Any] | None
+    ) -> asyncio.Task[t.Any] | None:
+        """Make *task* the current task of *loop*; return the one it replaces."""
+        if task is None:
+            return _current_tasks.pop(loop, None)  # type: ignore[no-any-return]
+        previous = _current_tasks.get(loop)
+        _current_tasks[loop] = task
+        return previous  # type: ignore[no-any-return]

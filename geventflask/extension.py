@@ -1,0 +1,154 @@
+"""Flask extension layer: per-app settings and per-worker serving hooks.
+
+``before_serving`` hooks run once per worker process, after fork and before
+it serves (under :class:`~geventflask.GeventWorker`), or just before the
+first request (under ``-k gevent`` with :func:`~geventflask.patch`);
+``after_serving`` hooks run once when the worker stops. That is where a
+shared ``aiohttp.ClientSession`` is opened and closed: it must belong to the
+worker's own loop, which exists only after fork.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import typing as t
+import weakref
+
+__all__ = ["GeventFlask"]
+
+logger = logging.getLogger("geventflask")
+
+Hook = t.Callable[[], t.Any]
+H = t.TypeVar("H", bound=Hook)
+
+#: Config keys and their defaults.
+DEFAULTS: dict[str, t.Any] = {
+    # Seconds a stopping worker waits for background tasks before cancelling
+    # them when no gunicorn graceful_timeout applies (plain -k gevent exit).
+    "GEVENTFLASK_SHUTDOWN_TIMEOUT": 30.0,
+    # Run before_serving hooks before the first request when no
+    # GeventWorker ran them at startup.
+    "GEVENTFLASK_SERVE_HOOKS_ON_FIRST_REQUEST": True,
+}
+
+_extensions: weakref.WeakSet[GeventFlask] = weakref.WeakSet()
+
+
+class GeventFlask:
+    """Per-app geventflask settings and async lifecycle hooks.
+
+    .. code-block:: python
+
+        ext = GeventFlask(app)  # or GeventFlask() then ext.init_app(app)
+
+        @ext.before_serving
+        async def open_client():
+            app.http = aiohttp.ClientSession()
+
+        @ext.after_serving
+        async def close_client():
+            await app.http.close()
+
+    Hooks may be sync or ``async def``; they run inside the app context.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, app: t.Any = None) -> None:
+        self.app: t.Any = None
+        self._before_serving: list[Hook] = []
+        self._after_serving: list[Hook] = []
+        self._serving_pid: int | None = None
+        self._starting: t.Any = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: t.Any) -> None:
+        """Register on *app*: defaults for ``GEVENTFLASK_*`` config and
+        ``app.extensions["geventflask"]``."""
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        app.extensions["geventflask"] = self
+        self.app = app
+        app.before_request(self._serve_before_first_request)
+        _extensions.add(self)
+
+    def before_serving(self, fn: H) -> H:
+        """Register *fn* to run once per worker before it serves requests."""
+        self._before_serving.append(fn)
+        return fn
+
+    def after_serving(self, fn: H) -> H:
+        """Register *fn* to run once per worker when it stops serving."""
+        self._after_serving.append(fn)
+        return fn
+
+    @property
+    def serving(self) -> bool:
+        """True between this worker's before- and after-serving hooks."""
+        return self._serving_pid == os.getpid()
+
+    def start_serving(self) -> None:
+        """Run the ``before_serving`` hooks, once per process.
+
+        Concurrent callers (the first requests of a worker) wait for the
+        first one to finish the hooks.
+        """
+        if self.serving:
+            return
+        from gevent.lock import Semaphore
+
+        if self._starting is None or self._starting[0] != os.getpid():
+            self._starting = (os.getpid(), Semaphore())
+        with self._starting[1]:
+            if self.serving:
+                return
+            self._run_hooks(self._before_serving)
+            self._serving_pid = os.getpid()
+
+    def stop_serving(self) -> None:
+        """Run the ``after_serving`` hooks if this process ran the before ones."""
+        if not self.serving:
+            return
+        self._serving_pid = None
+        self._run_hooks(self._after_serving)
+
+    def _run_hooks(self, hooks: list[Hook]) -> None:
+        from .bridge import await_
+
+        with self.app.app_context():
+            for hook in hooks:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await_(result, name=getattr(hook, "__qualname__", None))
+
+    def _serve_before_first_request(self) -> None:
+        if not self.serving and self.app.config["GEVENTFLASK_SERVE_HOOKS_ON_FIRST_REQUEST"]:
+            self.start_serving()
+
+
+def start_all() -> None:
+    """Run the before-serving hooks of every registered extension."""
+    for ext in list(_extensions):
+        ext.start_serving()
+
+
+def stop_all() -> None:
+    """Run the after-serving hooks of every extension that started serving."""
+    for ext in list(_extensions):
+        try:
+            ext.stop_serving()
+        except Exception:
+            logger.exception("after_serving hook of %r failed", ext.app)
+
+
+def configured_shutdown_timeout() -> float:
+    """The largest ``GEVENTFLASK_SHUTDOWN_TIMEOUT`` of the registered apps."""
+    timeouts = [
+        float(ext.app.config["GEVENTFLASK_SHUTDOWN_TIMEOUT"])
+        for ext in list(_extensions)
+        if ext.app is not None
+    ]
+    return max(timeouts, default=DEFAULTS["GEVENTFLASK_SHUTDOWN_TIMEOUT"])

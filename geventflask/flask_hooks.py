@@ -1,0 +1,51 @@
+"""Flask layer: run every app's coroutine handlers on the worker's hub loop.
+
+Flask turns each ``async def`` view, hook and error handler into a sync
+callable through :meth:`flask.Flask.async_to_sync`, a hook its docs invite
+overriding. Flask's own version starts a thread and a fresh event loop per
+call (asgiref); ours runs the coroutine as a task on the shared hub loop
+while the request greenlet waits cooperatively. Only that documented hook is
+replaced, never Flask internals.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing as t
+
+from .bridge import await_
+
+__all__ = ["install", "run_on_hub_loop"]
+
+
+def run_on_hub_loop(
+    self: t.Any, func: t.Callable[..., t.Coroutine[t.Any, t.Any, t.Any]]
+) -> t.Callable[..., t.Any]:
+    """Return a sync function that runs coroutine function *func* on the hub loop.
+
+    Installed as ``flask.Flask.async_to_sync`` by :func:`geventflask.patch`.
+    The coroutine runs as an :class:`asyncio.Task` in a copy of the request
+    greenlet's context (so ``request``, ``g`` and ``session`` work); context
+    variables it sets flow back to the request.
+    """
+    name = getattr(func, "__qualname__", None)
+
+    @functools.wraps(func)
+    def run(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        return await_(func(*args, **kwargs), name=name)
+
+    return run
+
+
+_installed = False
+
+
+def install() -> None:
+    """Make every :class:`flask.Flask` (and subclass that keeps the hook) use the hub loop."""
+    global _installed
+    if _installed:
+        return
+    import flask
+
+    flask.Flask.async_to_sync = run_on_hub_loop  # type: ignore[assignment,method-assign]
+    _installed = True

@@ -1,0 +1,775 @@
+"""Event loop layer: an asyncio event loop whose every wait is a gevent hub wait.
+
+:class:`HubEventLoop` is asyncio's own selector loop (transports, servers,
+SSL, subprocesses, signals and all) with three parts replaced:
+
+* **Waiting.** The selector keeps one gevent io watcher per registered file
+  descriptor for as long as it stays registered, and the loop parks its
+  greenlet in the hub instead of calling ``epoll_wait`` itself. While parked,
+  every other greenlet of the process runs. Callbacks scheduled from other
+  greenlets (``call_soon``, ``create_task``, ``Future.set_result``) wake it.
+* **Who runs the loop.** Callbacks run in a *runner* greenlet. When a callback
+  blocks in gevent (patched ``time.sleep``, a socket read, ``requests``), the
+  runner hands the loop over to a fresh runner and waits alone; the blocked
+  callback finishes later, when gevent wakes it. One coroutine that blocks
+  never stalls the other tasks.
+* **Per-greenlet asyncio state.** asyncio keeps the running loop and the
+  current task per OS thread. The loop sets them only while one of its
+  greenlets actually runs, so sync greenlets see no running loop, and a
+  blocked task gets its state back whenever gevent resumes it.
+
+This module never imports Flask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextvars
+import heapq
+import logging
+import selectors
+import socket
+import sys
+import time
+import typing as t
+
+import greenlet
+from gevent import get_hub
+from gevent.monkey import get_original
+
+from . import _compat
+
+__all__ = ["HubEventLoop"]
+
+logger = logging.getLogger("geventflask")
+
+_getcurrent = greenlet.getcurrent
+_real_get_ident: t.Callable[[], int] = get_original("_thread", "get_ident")
+_monotonic = time.monotonic
+
+#: Longest stretch, in seconds, a busy loop runs callbacks without letting the
+#: hub poll for I/O and run other greenlets. A hub round trip costs about
+#: 3 microseconds, so yielding on every iteration would triple the cost of an
+#: ``await asyncio.sleep(0)``; yielding every half millisecond costs under 1 %.
+YIELD_INTERVAL = 0.0005
+
+# Runner states. PARKED: waiting in the hub for I/O, a timer or a wake-up.
+# YIELDING: let the hub run once, resumption already scheduled. WAKING: a
+# resumption is scheduled. RUNNING: running callbacks (or about to).
+_RUNNING, _PARKED, _YIELDING, _WAKING, _IDLE = range(5)
+
+_PENDING = object()
+
+
+class _HubSelector(selectors.BaseSelector):
+    """A selector whose watchers stay registered between polls.
+
+    gevent's own selector starts and stops a watcher per file descriptor on
+    every ``select()``, which costs about 13 microseconds a poll. Here a
+    watcher lives as long as its registration; its callback (run by the hub)
+    records readiness and wakes the loop if it is parked.
+    """
+
+    def __init__(self, on_ready: t.Callable[[], None]) -> None:
+        self._hub_loop = get_hub().loop
+        self._on_ready = on_ready
+        self._keys: dict[int, selectors.SelectorKey] = {}
+        self._watchers: dict[int, t.Any] = {}
+        #: fd -> events seen since the last select(), filled by hub callbacks.
+        self.ready: dict[int, int] = {}
+
+    @staticmethod
+    def _fileobj_to_fd(fileobj: t.Any) -> int:
+        if isinstance(fileobj, int):
+            fd = fileobj
+        else:
+            try:
+                fd = int(fileobj.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fileobj!r}") from None
+        if fd < 0:
+            raise ValueError(f"Invalid file descriptor: {fd}")
+        return fd
+
+    def _fd_of(self, fileobj: t.Any) -> int:
+        # A closed file object has no fileno(); find it by identity, as the
+        # stdlib selectors do, so it can still be unregistered.
+        try:
+            return self._fileobj_to_fd(fileobj)
+        except ValueError:
+            for key in self._keys.values():
+                if key.fileobj is fileobj:
+                    return key.fd
+            raise
+
+    def _watch(self, fd: int, events: int) -> None:
+        # ref=False: registered descriptors alone must not keep the hub alive
+        # (gevent.wait() would never return); a running loop keeps it alive
+        # through the timer it parks on.
+        watcher = self._hub_loop.io(fd, events, ref=False)
+        watcher.start(self._io_ready, fd, pass_events=True)
+        self._watchers[fd] = watcher
+
+    def _unwatch(self, fd: int) -> None:
+        watcher = self._watchers.pop(fd, None)
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
+        self.ready.pop(fd, None)
+
+    def _io_ready(self, events: int, fd: int) -> None:
+        # Runs in the hub: record, never run asyncio callbacks here.
+        ready = self.ready
+        ready[fd] = ready.get(fd, 0) | events
+        self._on_ready()
+
+    def register(
+        self, fileobj: t.Any, events: int, data: t.Any = None
+    ) -> selectors.SelectorKey:
+        if not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = self._fileobj_to_fd(fileobj)
+        if fd in self._keys:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._watch(fd, events)
+        self._keys[fd] = key
+        return key
+
+    def unregister(self, fileobj: t.Any) -> selectors.SelectorKey:
+        try:
+            key = self._keys.pop(self._fd_of(fileobj))
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        self._unwatch(key.fd)
+        return key
+
+    def modify(
+        self, fileobj: t.Any, events: int, data: t.Any = None
+    ) -> selectors.SelectorKey:
+        try:
+            key = self._keys[self._fd_of(fileobj)]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if events != key.events:
+            self.unregister(fileobj)
+            return self.register(fileobj, events, data)
+        if data != key.data:
+            key = key._replace(data=data)
+            self._keys[key.fd] = key
+        return key
+
+    def take_events(self) -> list[tuple[selectors.SelectorKey, int]]:
+        """Hand over what the watchers saw since the last call."""
+        ready = self.ready
+        if not ready:
+            return []
+        keys = self._keys
+        found = []
+        for fd, events in ready.items():
+            key = keys.get(fd)
+            if key is not None and events & key.events:
+                found.append((key, events & key.events))
+        ready.clear()
+        return found
+
+    def select(
+        self, timeout: float | None = None
+    ) -> list[tuple[selectors.SelectorKey, int]]:
+        # The loop parks in the hub itself (HubEventLoop._wait_for_events);
+        # a direct call only reports what is already known.
+        return self.take_events()
+
+    def close(self) -> None:
+        for fd in list(self._watchers):
+            self._unwatch(fd)
+        self._keys.clear()
+
+    def get_key(self, fileobj: t.Any) -> selectors.SelectorKey:
+        try:
+            return self._keys[self._fd_of(fileobj)]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def get_map(self) -> t.Mapping[t.Any, selectors.SelectorKey]:
+        return _KeyMap(self)
+
+
+class _KeyMap(collections.abc.Mapping):  # type: ignore[type-arg]
+    """Read-only fileobj -> key view, as :meth:`selectors.BaseSelector.get_map` wants."""
+
+    def __init__(self, selector: _HubSelector) -> None:
+        self._selector = selector
+
+    def __len__(self) -> int:
+        return len(self._selector._keys)
+
+    def __getitem__(self, fileobj: t.Any) -> selectors.SelectorKey:
+        try:
+            return self._selector._keys[self._selector._fd_of(fileobj)]
+        except (KeyError, ValueError):
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def __iter__(self) -> t.Iterator[int]:
+        return iter(self._selector._keys)
+
+
+class _Runner(greenlet.greenlet):  # type: ignore[misc]
+    """A greenlet that runs a loop's callbacks until it blocks or the loop stops."""
+
+    def __init__(self, loop: HubEventLoop) -> None:
+        super().__init__(self._run, parent=loop._hub)
+        self.loop = loop
+
+    def switch_out(self) -> None:
+        # gevent's Hub.switch() calls this just before a greenlet blocks.
+        # Parking and yielding set their own state, so RUNNING here means a
+        # callback blocked in gevent: hand the loop to a fresh runner.
+        loop = self.loop
+        if loop._runner is self and loop._state == _RUNNING:
+            loop._detach(self)
+
+    def _run(self) -> None:
+        loop = self.loop
+        loop._activate()
+        try:
+            while loop._runner is self:
+                loop._run_once()
+                if loop._stopping and loop._runner is self:
+                    loop._finish(None)
+        except BaseException as exc:  # noqa: B036 - delivered to run_forever()
+            loop._fail(self, exc)
+        finally:
+            loop._retire(self)
+
+
+class _Detached:
+    """What a blocked runner needs back when gevent resumes it."""
+
+    __slots__ = ("loop", "task", "live")
+
+    def __init__(self, loop: HubEventLoop, task: asyncio.Task[t.Any] | None) -> None:
+        self.loop = loop
+        self.task = task
+        self.live = False
+
+
+class _Interleaver:
+    """Restores asyncio's per-thread state for blocked runners of one hub.
+
+    A greenlet switch tracer is installed only while some runner is blocked
+    in gevent, so the common path (no callback blocks) pays nothing.
+    """
+
+    def __init__(self) -> None:
+        self.detached: dict[greenlet.greenlet, _Detached] = {}
+        self._previous: t.Any = None
+        self._installed = False
+
+    def add(self, runner: _Runner, record: _Detached) -> None:
+        self.detached[runner] = record
+        if not self._installed:
+            self._previous = greenlet.settrace(self._trace)
+            self._installed = True
+
+    def remove(self, runner: greenlet.greenlet) -> None:
+        self.detached.pop(runner, None)
+        if not self.detached and self._installed:
+            current = greenlet.gettrace()
+            if current == self._trace:
+                greenlet.settrace(self._previous)
+            self._installed = False
+            self._previous = None
+
+    def _trace(self, event: str, args: t.Any) -> None:
+        if event in ("switch", "throw"):
+            origin, target = args
+            detached = self.detached
+            record = detached.get(origin)
+            if record is not None and record.live:
+                record.task = _compat.swap_current_task(record.loop, None)
+                record.loop._deactivate()
+                record.live = False
+            record = detached.get(target)
+            if record is not None and not record.live:
+                record.loop._activate()
+                _compat.swap_current_task(record.loop, record.task)
+                record.live = True
+        if self._previous is not None:
+            self._previous(event, args)
+
+
+def _interleaver_for(hub: t.Any) -> _Interleaver:
+    interleaver: _Interleaver | None = getattr(hub, "_geventflask_interleaver", None)
+    if interleaver is None:
+        interleaver = _Interleaver()
+        hub._geventflask_interleaver = interleaver
+    return interleaver
+
+
+class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined]
+    """An asyncio event loop backed by the gevent hub of the current OS thread.
+
+    Use it like any loop: ``asyncio.run(main(), loop_factory=HubEventLoop)``
+    (Python 3.12+), ``asyncio.Runner(loop_factory=HubEventLoop)`` or
+    ``loop.run_until_complete()``, from any greenlet. While it waits for I/O
+    or timers, the other greenlets of the process run; while they run, they
+    see no running loop.
+
+    :param retain_tasks: Keep a strong reference to every task created with
+        :meth:`create_task` until it is done, and log the exception of one
+        that failed. The worker's shared loop (:func:`geventflask.get_loop`)
+        does this so background tasks are never garbage-collected mid-flight.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, *, retain_tasks: bool = False) -> None:
+        self._hub = get_hub()
+        self._hub_thread = _real_get_ident()
+        self._state = _IDLE
+        self._runner: _Runner | None = None
+        self._driver: greenlet.greenlet | None = None
+        self._outcome: t.Any = _PENDING
+        self._last_yield = 0.0
+        self._saved_agen_hooks: t.Any = None
+        self._resume_cb = self._resume
+        self.retain_tasks = retain_tasks
+        #: Tasks kept alive until done (only with ``retain_tasks``).
+        self.background_tasks: set[asyncio.Task[t.Any]] = set()
+        super().__init__(selector=_HubSelector(self._io_ready))
+        self._agen_firstiter = self._asyncgen_firstiter_hook
+        self._agen_finalizer = self._asyncgen_finalizer_hook
+
+    # -- scheduling: wake the loop when another greenlet adds work ---------
+
+    def call_soon(
+        self,
+        callback: t.Callable[..., object],
+        *args: t.Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_soon")
+        handle = asyncio.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._ready.append(handle)
+        if self._state == _PARKED:
+            self._wake()
+        return handle
+
+    def call_at(
+        self,
+        when: float,
+        callback: t.Callable[..., object],
+        *args: t.Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        handle = super().call_at(when, callback, *args, context=context)
+        if self._state == _PARKED:
+            self._wake()  # the new timer may be due before the parked timeout
+        return handle
+
+    def call_soon_threadsafe(
+        self,
+        callback: t.Callable[..., object],
+        *args: t.Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        if _real_get_ident() == self._hub_thread:
+            # Another greenlet of the hub's own thread: no self-pipe needed.
+            return self.call_soon(callback, *args, context=context)
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._state == _PARKED:
+            self._wake()
+
+    def _check_thread(self) -> None:
+        # asyncio compares threading.get_ident(), which gevent's patching
+        # makes per greenlet; thread safety is about OS threads.
+        if self._thread_id is None:
+            return
+        if _real_get_ident() != self._thread_id:
+            raise RuntimeError(
+                "Non-thread-safe operation invoked on an event loop other "
+                "than the current one"
+            )
+
+    def _wake(self) -> None:
+        self._state = _WAKING
+        self._hub.loop.run_callback(self._resume_cb)
+
+    def _io_ready(self) -> None:
+        # Called by the selector from the hub. Resume straight away: the hub
+        # is the right greenlet to switch from, and it saves a loop pass.
+        if self._state == _PARKED:
+            self._state = _WAKING
+            self._resume()
+
+    def _resume(self, *_: t.Any) -> None:
+        if self._state in (_WAKING, _YIELDING) and self._runner is not None:
+            self._state = _WAKING
+            self._runner.switch()
+
+    # -- the loop's own greenlet state -------------------------------------
+
+    def _activate(self) -> None:
+        _compat.set_running_loop(self)
+        self._saved_agen_hooks = sys.get_asyncgen_hooks()
+        sys.set_asyncgen_hooks(
+            firstiter=self._agen_firstiter, finalizer=self._agen_finalizer
+        )
+
+    def _deactivate(self) -> None:
+        _compat.set_running_loop(None)
+        hooks = self._saved_agen_hooks
+        if hooks is not None:
+            sys.set_asyncgen_hooks(*hooks)
+            self._saved_agen_hooks = None
+
+    def _wait_for_events(
+        self, timeout: float | None
+    ) -> list[tuple[selectors.SelectorKey, int]]:
+        """Park in the hub for up to *timeout* seconds, unless work is ready.
+
+        With work ready (``timeout == 0`` or events already seen) the loop
+        goes on at once, yielding to the hub only every
+        :data:`YIELD_INTERVAL` seconds so other greenlets and I/O get their
+        turn.
+        """
+        selector: _HubSelector = self._selector
+        if timeout == 0 or selector.ready:
+            if _monotonic() - self._last_yield >= YIELD_INTERVAL:
+                self._park(_YIELDING, None)
+        else:
+            self._park(_PARKED, timeout)
+        return selector.take_events()
+
+    def _park(self, state: int, timeout: float | None) -> None:
+        hub = self._hub
+        timer = None
+        if state == _YIELDING:
+            hub.loop.run_callback(self._resume_cb)
+        else:
+            # A ref'd timer keeps the hub alive while the loop waits, even
+            # with no timeout (registered watchers are not ref'd).
+            if timeout is None or timeout > 86400.0:
+                timeout = 86400.0
+            timer = hub.loop.timer(timeout, ref=True)
+            timer.start(self._resume_from_timer, update=True)
+        self._state = state
+        self._deactivate()
+        try:
+            hub.switch()
+        finally:
+            if timer is not None:
+                timer.stop()
+                timer.close()
+            self._state = _RUNNING
+            self._activate()
+            self._last_yield = _monotonic()
+
+    def _resume_from_timer(self) -> None:
+        if self._state == _PARKED:
+            self._state = _WAKING
+            self._resume()
+
+    def _detach(self, runner: _Runner) -> None:
+        """*runner* blocked in a callback: leave it to gevent, go on without it."""
+        record = _Detached(self, _compat.swap_current_task(self, None))
+        self._deactivate()
+        _interleaver_for(self._hub).add(runner, record)
+        successor = _Runner(self)
+        self._runner = successor
+        self._hub.loop.run_callback(successor.switch)
+
+    def _retire(self, runner: _Runner) -> None:
+        """*runner* is leaving: undo its state if it still holds any."""
+        interleaver = _interleaver_for(self._hub)
+        record = interleaver.detached.get(runner)
+        if record is None:
+            if self._runner is runner:
+                self._runner = None
+            self._deactivate()
+        else:
+            if record.live:
+                _compat.swap_current_task(self, None)
+                self._deactivate()
+            interleaver.remove(runner)
+
+    def _finish(self, outcome: BaseException | None) -> None:
+        """The loop stopped (or failed): wake the greenlet in run_forever()."""
+        self._runner = None
+        self._state = _IDLE
+        if self._outcome is _PENDING:
+            self._outcome = outcome
+        if self._driver is not None:
+            self._hub.loop.run_callback(self._driver.switch)
+
+    def _fail(self, runner: _Runner, exc: BaseException) -> None:
+        if self._runner is runner:
+            self._finish(exc)
+        elif self._outcome is _PENDING and self._driver is not None:
+            # A blocked callback raised a BaseException after the loop moved
+            # on: stop the loop and let run_forever() raise it.
+            self._outcome = exc
+            self._stopping = True
+            if self._state == _PARKED:
+                self._wake()
+        else:
+            raise exc
+
+    # -- running -------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Run until :meth:`stop` is called, parking this greenlet in the hub.
+
+        The callbacks run in runner greenlets of the loop's own, so while the
+        loop waits for I/O every other greenlet (including this one's
+        siblings) runs, and none of them sees a running loop.
+        """
+        self._check_closed()
+        self._check_running()
+        driver = _getcurrent()
+        if driver is self._hub:
+            raise RuntimeError(
+                "HubEventLoop.run_forever() was called from the gevent hub,"
+                " which must never block. Call it from a greenlet instead,"
+                " e.g. gevent.spawn(loop.run_forever)."
+            )
+        self._set_coroutine_origin_tracking(self._debug)
+        self._thread_id = _real_get_ident()
+        self._driver = driver
+        self._outcome = _PENDING
+        self._state = _RUNNING
+        self._last_yield = _monotonic()
+        runner = self._runner = _Runner(self)
+        self._hub.loop.run_callback(runner.switch)
+        interrupted: BaseException | None = None
+        try:
+            while self._outcome is _PENDING:
+                try:
+                    self._hub.switch()
+                except BaseException as exc:  # noqa: B036
+                    # This greenlet was killed or interrupted: stop the loop,
+                    # wait for it to wind down, then raise.
+                    interrupted = interrupted or exc
+                    self._stopping = True
+                    if self._state == _PARKED:
+                        self._wake()
+            if interrupted is not None:
+                raise interrupted
+            if self._outcome is not None:
+                raise self._outcome
+        finally:
+            self._outcome = _PENDING
+            self._driver = None
+            self._stopping = False
+            self._thread_id = None
+            self._state = _IDLE
+            self._set_coroutine_origin_tracking(False)
+
+    def _run_once(self) -> None:
+        """One loop iteration: timers, one wait for I/O, the ready callbacks.
+
+        The order is CPython's, so the conformance suite's ordering
+        expectations hold. The difference: after each callback the runner
+        checks that it still owns the loop; if the callback blocked in
+        gevent, another runner took over and this one must stop here.
+        """
+        me = _getcurrent()
+        scheduled = self._scheduled
+        if (
+            len(scheduled) > _compat.MIN_SCHEDULED_TIMER_HANDLES
+            and self._timer_cancelled_count / len(scheduled)
+            > _compat.MIN_CANCELLED_TIMER_HANDLES_FRACTION
+        ):
+            kept = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    kept.append(handle)
+            heapq.heapify(kept)
+            self._scheduled = scheduled = kept
+            self._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                heapq.heappop(scheduled)._scheduled = False
+
+        ready = self._ready
+        if ready or self._stopping:
+            timeout: float | None = 0
+        elif scheduled:
+            timeout = min(
+                max(0.0, scheduled[0]._when - self.time()),
+                _compat.MAXIMUM_SELECT_TIMEOUT,
+            )
+        else:
+            timeout = None
+
+        event_list = self._wait_for_events(timeout)
+        if event_list:
+            self._process_events(event_list)
+        event_list = None
+
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled and scheduled[0]._when < end_time:
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if handle._cancelled:
+                continue
+            if self._debug:
+                try:
+                    self._current_handle = handle
+                    started = self.time()
+                    handle._run()
+                    took = self.time() - started
+                    if took >= self.slow_callback_duration:
+                        logger.warning(
+                            "Executing %s took %.3f seconds",
+                            _compat.format_handle(handle),
+                            took,
+                        )
+                finally:
+                    self._current_handle = None
+            else:
+                handle._run()
+            if self._runner is not me:
+                return
+        handle = None
+
+    # -- tasks -----------------------------------------------------------------
+
+    def create_task(self, coro: t.Any, **kwargs: t.Any) -> asyncio.Task[t.Any]:
+        task = super().create_task(coro, **kwargs)
+        if self.retain_tasks:
+            self.background_tasks.add(task)
+            task.add_done_callback(self._background_task_done)
+        return task
+
+    def _background_task_done(self, task: asyncio.Task[t.Any]) -> None:
+        self.background_tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error(
+                "Background task %s failed", task.get_name(), exc_info=exc
+            )
+
+    # -- DNS and executors: never block the hub --------------------------------
+
+    async def getaddrinfo(  # type: ignore[override]
+        self,
+        host: t.Any,
+        port: t.Any,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[t.Any]:
+        # gevent's resolver is cooperative; run it in a greenlet rather than
+        # on an executor thread (which would start a second hub there).
+        resolver = socket.getaddrinfo if _gevent_socket_patched() else self._hub.resolver.getaddrinfo
+        return await self._in_greenlet(resolver, host, port, family, type, proto, flags)
+
+    async def getnameinfo(  # type: ignore[override]
+        self, sockaddr: t.Any, flags: int = 0
+    ) -> tuple[str, str]:
+        resolver = socket.getnameinfo if _gevent_socket_patched() else self._hub.resolver.getnameinfo
+        return await self._in_greenlet(resolver, sockaddr, flags)  # type: ignore[no-any-return]
+
+    def _in_greenlet(self, func: t.Callable[..., t.Any], *args: t.Any) -> asyncio.Future[t.Any]:
+        future = self.create_future()
+
+        def run() -> None:
+            try:
+                result = func(*args)
+            except BaseException as exc:  # noqa: B036
+                if not future.done():
+                    self.call_soon_threadsafe(_set_exception_unless_done, future, exc)
+            else:
+                if not future.done():
+                    self.call_soon_threadsafe(_set_result_unless_done, future, result)
+
+        self._hub.loop.run_callback(greenlet.greenlet(run, parent=self._hub).switch)
+        return future
+
+    def run_in_executor(
+        self, executor: t.Any, func: t.Callable[..., t.Any], *args: t.Any
+    ) -> asyncio.Future[t.Any]:
+        if executor is None and self._default_executor is None:
+            self._check_closed()
+            # After monkey-patching, concurrent.futures' pool runs its jobs on
+            # greenlets, so one blocking C call would freeze the hub. Jobs go
+            # to the hub's pool of real OS threads instead.
+            self._default_executor = _NativeThreadExecutor(self._hub)
+        return super().run_in_executor(executor, func, *args)
+
+
+def _gevent_socket_patched() -> bool:
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("socket"))
+
+
+def _set_result_unless_done(future: asyncio.Future[t.Any], result: t.Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception_unless_done(future: asyncio.Future[t.Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class _NativeThreadExecutor(concurrent.futures.Executor):
+    """Runs jobs on the hub's pool of real OS threads (gevent's threadpool).
+
+    The futures are the standard library's; gevent's locks, which they use
+    once threading is patched, are safe across threads.
+    """
+
+    def __init__(self, hub: t.Any) -> None:
+        self._pool = hub.threadpool
+        self._shutdown = False
+
+    def submit(  # type: ignore[override]
+        self, fn: t.Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any
+    ) -> concurrent.futures.Future[t.Any]:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: B036
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        self._pool.spawn(work)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        if wait:
+            self._pool.join()

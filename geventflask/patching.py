@@ -1,0 +1,150 @@
+"""Patching layer: patch() and is_patched(); imports nothing heavy at load.
+
+Importing asyncio or gunicorn before gevent patches threading leaves their
+locks as real OS locks (gunicorn issue 3482), so this module, which
+``import geventflask`` loads, imports only the standard library; gevent,
+asyncio and Flask are imported inside :func:`patch`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import typing as t
+import warnings
+
+__all__ = ["is_patched", "patch"]
+
+_patched = False
+_deferred_to_fork = False
+
+
+def is_patched() -> bool:
+    """Return True once :func:`patch` has run in this process.
+
+    .. versionadded:: 0.1
+    """
+    return _patched
+
+
+def patch(**patch_all_kwargs: t.Any) -> None:
+    """Make this process run coroutine handlers on one gevent-backed asyncio loop.
+
+    #. Runs ``gevent.monkey.patch_all(**patch_all_kwargs)``, unless gevent's
+       patching is already in place (gunicorn's gevent worker does it first).
+    #. Installs :class:`~geventflask.EventLoopPolicy` on Python 3.10-3.13,
+       so ``asyncio.run()`` and ``asyncio.new_event_loop()`` give hub loops.
+    #. Makes every :class:`flask.Flask` run ``async def`` views, hooks and
+       error handlers on the worker's shared hub loop
+       (:func:`~geventflask.get_loop`).
+
+    Idempotent: calling it again does nothing. Call it at the very top of the
+    app module (before anything imports ``ssl``), in a ``post_fork`` hook, or
+    let ``-k geventflask.GeventWorker`` call it. In a gunicorn master loading
+    the app with ``--preload`` it warns and leaves the work to each worker,
+    right after fork.
+
+    :param patch_all_kwargs: Passed to :func:`gevent.monkey.patch_all`.
+
+    .. versionadded:: 0.1
+    """
+    _patch(patch_all_kwargs, in_worker=False)
+
+
+def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
+    """patch(); *in_worker* is True when GeventWorker calls it, in the
+    worker right after fork, where gunicorn's own earlier import of ``ssl``
+    is expected and gevent patches that module in place."""
+    global _patched, _deferred_to_fork
+    if _patched:
+        return
+    if _in_gunicorn_master():
+        if not _deferred_to_fork:
+            warnings.warn(
+                "geventflask.patch() was called in the gunicorn master (the app"
+                " is loaded with --preload), where patching would break the"
+                " workers' event loops. Patching is left to each worker after"
+                " fork. To silence this, use '-k geventflask.GeventWorker' or"
+                " drop --preload.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            os.register_at_fork(
+                after_in_child=lambda: _patch(patch_all_kwargs, in_worker=True)
+            )
+            _deferred_to_fork = True
+        return
+    _warn_if_too_late(check_ssl=not in_worker)
+
+    from gevent import monkey
+
+    if not (monkey.is_module_patched("socket") and monkey.is_module_patched("threading")):
+        monkey.patch_all(**patch_all_kwargs)
+
+    import asyncio
+
+    from .policy import EventLoopPolicy
+
+    if sys.version_info < (3, 14):
+        asyncio.set_event_loop_policy(EventLoopPolicy())
+
+    from . import flask_hooks
+    from .shutdown import shut_down_at_exit
+
+    flask_hooks.install()
+    # Under plain -k gevent nothing else waits for background tasks; at
+    # exit they get GEVENTFLASK_SHUTDOWN_TIMEOUT seconds (GeventWorker drains
+    # earlier, within graceful_timeout, and this becomes a no-op).
+    atexit.register(shut_down_at_exit)
+    _patched = True
+
+
+def _warn_if_too_late(*, check_ssl: bool) -> None:
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio.events._get_running_loop() is not None:
+        warnings.warn(
+            "geventflask.patch() was called while an asyncio event loop is"
+            " running, so that loop is not a hub loop. Call"
+            " geventflask.patch() before starting any loop: first thing in"
+            " the app module, or use '-k geventflask.GeventWorker'.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    if check_ssl and "ssl" in sys.modules and not _gevent_patched("ssl"):
+        warnings.warn(
+            "geventflask.patch() was called after 'ssl' was imported, so"
+            " connections made through the already-imported module may block"
+            " the whole worker. Call geventflask.patch() before other imports"
+            " (first line of the app module), or use"
+            " '-k geventflask.GeventWorker', which patches before the app loads.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _gevent_patched(module: str) -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched(module))
+
+
+def _in_gunicorn_master() -> bool:
+    """True while a gunicorn arbiter (not a worker) is loading the app.
+
+    The worker is forked from the arbiter, so both have arbiter frames on the
+    stack; only a worker has a Worker frame below them.
+    """
+    arbiter = sys.modules.get("gunicorn.arbiter")
+    if arbiter is None:
+        return False
+    base = sys.modules.get("gunicorn.workers.base")
+    frame = sys._getframe(1)
+    in_arbiter = False
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if base is not None and isinstance(owner, base.Worker):
+            return False
+        if isinstance(owner, arbiter.Arbiter):
+            in_arbiter = True
+        frame = frame.f_back
+    return in_arbiter

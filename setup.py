@@ -1,0 +1,52 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="geventflask",
+    version="0.1.0",
+    description=(
+        "Async Flask views on one gevent-backed asyncio event loop per"
+        " gunicorn worker"
+    ),
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    packages=find_packages(include=["geventflask", "geventflask.*"]),
+    package_data={"geventflask": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "flask>=2.2",
+        "gevent>=24.10.1",
+        "greenlet>=3.0",
+        # gunicorn's gevent extra brings 'packaging', without which
+        # gunicorn 27's -k gevent does not start.
+        "gunicorn[gevent]>=22.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "aiohttp>=3.9",
+            "requests>=2.31",
+        ],
+        "bench": [
+            "aiohttp>=3.9",
+            "requests>=2.31",
+            "asgiref>=3.7",
+            "quart>=0.19",
+            "uvicorn>=0.30",
+        ],
+        "examples": [
+            "aiohttp>=3.9",
+            "requests>=2.31",
+        ],
+    },
+    entry_points={},
+    classifiers=[
+        "Framework :: Flask",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Programming Language :: Python :: 3.14",
+    ],
+)

@@ -1,0 +1,48 @@
+import subprocess
+import sys
+
+import geventflask
+
+CONTRACT = [
+    "EventLoopPolicy",
+    "GeventFlask",
+    "GeventWorker",
+    "HubEventLoop",
+    "async_to_sync",
+    "await_",
+    "get_loop",
+    "is_patched",
+    "patch",
+    "sync_to_async",
+]
+
+
+def test_all_is_the_contract():
+    assert geventflask.__all__ == sorted(CONTRACT)
+
+
+def test_every_public_name_resolves():
+    for name in geventflask.__all__:
+        assert getattr(geventflask, name) is not None
+
+
+def test_unknown_name_raises_attribute_error():
+    try:
+        geventflask.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_import_patches_nothing_and_loads_neither_asyncio_nor_gunicorn():
+    code = (
+        "import sys, geventflask\n"
+        "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
+        "assert 'gunicorn' not in sys.modules, 'gunicorn imported'\n"
+        "assert 'gevent.monkey' not in sys.modules or not __import__('gevent.monkey').monkey.saved\n"
+        "assert not geventflask.is_patched()\n"
+        "import socket, gevent.socket\n"
+        "assert socket.socket is not gevent.socket.socket, 'socket patched'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
