@@ -1,0 +1,192 @@
+"""Loop benchmark workloads: each coroutine times one kind of loop work.
+
+Imported by :mod:`benchmarks.loop` in a child process, after that child has
+(or has not) patched with gevent, so the same code measures every loop. Each
+case returns ``(operations, seconds)``; the parent turns that into
+microseconds per operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import typing as t
+
+Case = t.Callable[[int], t.Awaitable[tuple[int, float]]]
+
+
+async def call_soon_batch(n: int) -> tuple[int, float]:
+    """*n* callbacks queued at once: the cost of draining the ready queue."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    remaining = [n]
+
+    def tick() -> None:
+        remaining[0] -= 1
+        if not remaining[0]:
+            done.set_result(None)
+
+    started = time.perf_counter()
+    for _ in range(n):
+        loop.call_soon(tick)
+    await done
+    return n, time.perf_counter() - started
+
+
+async def call_soon_chain(n: int) -> tuple[int, float]:
+    """Each callback schedules the next: one callback per loop iteration,
+    so this is the cost of an iteration (timers, the poll, the ready queue)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    remaining = [n]
+
+    def tick() -> None:
+        remaining[0] -= 1
+        if remaining[0]:
+            loop.call_soon(tick)
+        else:
+            done.set_result(None)
+
+    started = time.perf_counter()
+    loop.call_soon(tick)
+    await done
+    return n, time.perf_counter() - started
+
+
+async def sleep0(n: int) -> tuple[int, float]:
+    """One task yielding *n* times: the cost of an ``await`` checkpoint."""
+    started = time.perf_counter()
+    for _ in range(n):
+        await asyncio.sleep(0)
+    return n, time.perf_counter() - started
+
+
+async def sleep0_idle_sockets(n: int) -> tuple[int, float]:
+    """``sleep(0)`` while 1,000 idle sockets have readers registered, as in a
+    server holding many quiet keep-alive connections."""
+    loop = asyncio.get_running_loop()
+    pairs = [socket.socketpair() for _ in range(500)]
+    try:
+        for pair in pairs:
+            for sock in pair:
+                sock.setblocking(False)
+                loop.add_reader(sock.fileno(), _never_called)
+        return await sleep0(n)
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+
+
+def _never_called() -> None:
+    raise AssertionError("an idle socket became readable")
+
+
+async def queue_ping_pong(n: int) -> tuple[int, float]:
+    """Two tasks passing a token through two queues *n* times."""
+    there: asyncio.Queue[int] = asyncio.Queue()
+    back: asyncio.Queue[int] = asyncio.Queue()
+
+    async def echo() -> None:
+        while True:
+            token = await there.get()
+            if token < 0:
+                return
+            back.put_nowait(token)
+
+    responder = asyncio.ensure_future(echo())
+    started = time.perf_counter()
+    for i in range(n):
+        there.put_nowait(i)
+        await back.get()
+    took = time.perf_counter() - started
+    there.put_nowait(-1)
+    await responder
+    return n, took
+
+
+ECHO_CLIENTS = 100
+
+
+async def tcp_echo(n: int) -> tuple[int, float]:
+    """100 stream clients, each doing *n* / 100 line round trips through an
+    echo server on the same loop over loopback TCP."""
+    per_client = max(1, n // ECHO_CLIENTS)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        payload = b"x" * 63 + b"\n"
+        for _ in range(per_client):
+            writer.write(payload)
+            await writer.drain()
+            await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(ECHO_CLIENTS)))
+    took = time.perf_counter() - started
+    server.close()
+    await server.wait_closed()
+    return per_client * ECHO_CLIENTS, took
+
+
+AIOHTTP_CLIENTS = 10
+
+
+async def aiohttp_round_trip(n: int) -> tuple[int, float]:
+    """aiohttp client and aiohttp.web server on the same loop: 10 clients
+    sharing one session, *n* GETs in all."""
+    import aiohttp
+    from aiohttp import web
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="Hello, World!")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}/"
+    per_client = max(1, n // AIOHTTP_CLIENTS)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def client() -> None:
+                for _ in range(per_client):
+                    async with session.get(url) as response:
+                        await response.read()
+
+            await client()  # warm the connection pool
+            started = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(AIOHTTP_CLIENTS)))
+            took = time.perf_counter() - started
+    finally:
+        await runner.cleanup()
+    return per_client * AIOHTTP_CLIENTS, took
+
+
+#: name -> (workload, operations in a full run, what one operation is).
+CASES: dict[str, tuple[Case, int, str]] = {
+    "call_soon batch": (call_soon_batch, 200_000, "callback"),
+    "call_soon chain": (call_soon_chain, 100_000, "loop iteration"),
+    "sleep(0)": (sleep0, 100_000, "await checkpoint"),
+    "sleep(0), 1,000 idle sockets": (sleep0_idle_sockets, 50_000, "await checkpoint"),
+    "queue ping-pong": (queue_ping_pong, 30_000, "round trip"),
+    "TCP echo, 100 clients": (tcp_echo, 100_000, "round trip"),
+    "aiohttp GET, 10 clients": (aiohttp_round_trip, 5_000, "request"),
+}
