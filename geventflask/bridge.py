@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
+import os
+import types
 import typing as t
 
 import greenlet
@@ -29,6 +32,8 @@ T = t.TypeVar("T")
 P = t.ParamSpec("P")
 
 _MISSING = object()
+_CoroutineType = types.CoroutineType
+_getcurrent = greenlet.getcurrent
 
 
 class AwaitInLoopError(RuntimeError):
@@ -71,6 +76,7 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
     :raises RuntimeError: If called on the event loop's own greenlet (from a
         coroutine or loop callback), or from the gevent hub, where waiting
         would deadlock.
+    :raises TypeError: If *awaitable* cannot be awaited.
 
     .. versionadded:: 0.1
     """
@@ -78,69 +84,126 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
         _close_if_coroutine(awaitable)
         raise AwaitInLoopError("on the event loop's own greenlet")
     hub = get_hub()
-    me = greenlet.getcurrent()
+    me = _getcurrent()
     if me is hub:
         _close_if_coroutine(awaitable)
         raise AwaitInLoopError("from the gevent hub")
-    loop = get_loop()
+    if type(awaitable) is not _CoroutineType:
+        _check_awaitable(awaitable)
+    loop = _shared_loop(hub)
     context = contextvars.copy_context()
-    task = _start(loop, awaitable, context, name)
-
-    def wake(_: t.Any) -> None:
-        hub.loop.run_callback(_switch_if_waiting, me, task)
-
-    task.add_done_callback(wake)
+    outcome = _Outcome(hub, me)
+    # The caller holds this task until it is done, so it is not one of the
+    # loop's retained background tasks.
+    task = asyncio.Task(
+        _settle_into(outcome, awaitable), loop=loop, name=name, context=context
+    )
     try:
-        while not task.done():
+        while outcome.waiter is not None:
             hub.switch()
     except BaseException:
         # Killed or timed out while waiting: the work must not go on alone.
-        task.remove_done_callback(wake)
+        outcome.waiter = None
         task.cancel()
         raise
     copy_back(context)
-    return task.result()
+    error = outcome.error
+    if error is not None:
+        # Drop our references so the traceback does not keep frames alive.
+        outcome.error = None
+        try:
+            raise error
+        finally:
+            del error
+    return outcome.value  # type: ignore[no-any-return]
 
 
-def _switch_if_waiting(waiter: greenlet.greenlet, task: asyncio.Future[t.Any]) -> None:
-    if not waiter.dead:
-        waiter.switch()
+class _Outcome:
+    """Where a task started by :func:`await_` leaves its result for the waiter.
+
+    The task wakes the waiting greenlet itself, from its last step, rather
+    than through a done callback: that saves a pass of the event loop on
+    every call. *waiter* is None once nobody waits (done, killed, timed out),
+    so a late wake-up can never resume a greenlet that has moved on.
+    """
+
+    __slots__ = ("error", "hub", "value", "waiter")
+
+    def __init__(self, hub: t.Any, waiter: greenlet.greenlet) -> None:
+        self.hub = hub
+        self.waiter: greenlet.greenlet | None = waiter
+        self.value: t.Any = None
+        self.error: BaseException | None = None
+
+    def wake(self) -> None:
+        # Runs in the hub, where switching to a waiting greenlet is allowed.
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.switch()
 
 
-def _close_if_coroutine(awaitable: object) -> None:
-    # Avoid "coroutine was never awaited" noise on top of the real error.
-    close = getattr(awaitable, "close", None)
-    if asyncio.iscoroutine(awaitable) and close is not None:
-        close()
+async def _settle_into(outcome: _Outcome, awaitable: t.Awaitable[t.Any]) -> None:
+    try:
+        outcome.value = await awaitable
+    except asyncio.CancelledError as exc:
+        outcome.error = exc
+        # Let the task end cancelled, as cancellation expects.
+        raise
+    except BaseException as exc:  # noqa: B036 - raised again in the waiter
+        # Kept here rather than in the task, so asyncio neither logs it as
+        # never retrieved nor lets SystemExit stop the shared loop: the
+        # waiting greenlet raises it, as a sync call would.
+        outcome.error = exc
+    finally:
+        if outcome.waiter is not None:
+            outcome.hub.loop.run_callback(outcome.wake)
 
 
-def _start(
-    loop: asyncio.AbstractEventLoop,
-    awaitable: t.Awaitable[T],
-    context: contextvars.Context,
-    name: str | None,
-) -> asyncio.Future[T]:
+def _check_awaitable(awaitable: object) -> None:
+    if not inspect.isawaitable(awaitable):
+        raise TypeError(
+            f"await_() needs an awaitable, got {type(awaitable).__name__}."
+            " Did you forget to call the coroutine function?"
+        )
     if asyncio.isfuture(awaitable):
-        if awaitable.get_loop() is not loop:
+        loop = awaitable.get_loop()
+        if loop is not _shared_loop(get_hub()):
             raise ValueError(
                 "await_() got a future of another event loop; await_() runs"
                 " on the shared loop from geventflask.get_loop()."
             )
-        return awaitable
-    if not asyncio.iscoroutine(awaitable):
-        if not hasattr(awaitable, "__await__"):
-            raise TypeError(
-                f"await_() needs an awaitable, got {type(awaitable).__name__}."
-                " Did you forget to call the coroutine function?"
-            )
-        awaitable = _await(awaitable)
-    # The caller holds this task until it is done, so it is not one of the
-    # loop's retained background tasks.
-    return asyncio.Task(awaitable, loop=loop, name=name, context=context)
 
 
-async def _await(awaitable: t.Awaitable[T]) -> T:
-    return await awaitable
+def _close_if_coroutine(awaitable: object) -> None:
+    # Avoid "coroutine was never awaited" noise on top of the real error.
+    if asyncio.iscoroutine(awaitable):
+        awaitable.close()
+
+
+# The shared loop, remembered with its hub: get_loop() checks the process and
+# the loop's driver on every call, which the per-request path can skip while
+# the loop it returned is still running.
+_shared: tuple[t.Any, asyncio.AbstractEventLoop] | None = None
+
+
+def _shared_loop(hub: t.Any) -> asyncio.AbstractEventLoop:
+    global _shared
+    shared = _shared
+    if shared is not None and shared[0] is hub and shared[1].is_running():
+        return shared[1]
+    loop = get_loop()
+    _shared = (hub, loop)
+    return loop
+
+
+def _forget_shared_loop() -> None:
+    global _shared
+    _shared = None
+
+
+# A forked child must not use its parent's loop: let get_loop() decide.
+os.register_at_fork(after_in_child=_forget_shared_loop)
 
 
 def async_to_sync(fn: t.Callable[P, t.Awaitable[T]]) -> t.Callable[P, T]:
@@ -156,6 +219,18 @@ def async_to_sync(fn: t.Callable[P, t.Awaitable[T]]) -> t.Callable[P, T]:
         return await_(fn(*args, **kwargs), name=getattr(fn, "__qualname__", None))
 
     return run
+
+
+@t.overload
+def sync_to_async(
+    fn: t.Callable[P, T], *, thread: bool = False
+) -> t.Callable[P, t.Coroutine[t.Any, t.Any, T]]: ...
+
+
+@t.overload
+def sync_to_async(
+    fn: None = None, *, thread: bool = False
+) -> t.Callable[[t.Callable[P, T]], t.Callable[P, t.Coroutine[t.Any, t.Any, T]]]: ...
 
 
 def sync_to_async(
@@ -182,7 +257,7 @@ def sync_to_async(
     func: t.Callable[..., T] = fn
 
     @functools.wraps(func)
-    async def run(*args: t.Any, **kwargs: t.Any) -> T:
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         future: asyncio.Future[T] = loop.create_future()
@@ -219,35 +294,50 @@ def _run_into(
 ) -> None:
     try:
         value = context.run(func, *args, **kwargs)
-    except greenlet.GreenletExit:
-        return
     except BaseException as exc:  # noqa: B036 - delivered to the awaiting task
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(_settle, future, None, exc)
+        _deliver(loop, future, None, exc)
     else:
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(_settle, future, value, None)
+        _deliver(loop, future, value, None)
 
 
 def _deliver_async_result(
     loop: asyncio.AbstractEventLoop, future: asyncio.Future[t.Any], result: t.Any
 ) -> None:
     # Runs in the hub when the thread's job is done.
-    if loop.is_closed():
-        return
     if result.successful():
-        loop.call_soon_threadsafe(_settle, future, result.value, None)
+        _deliver(loop, future, result.value, None)
     else:
-        loop.call_soon_threadsafe(_settle, future, None, result.exception)
+        _deliver(loop, future, None, result.exception)
+
+
+def _deliver(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[t.Any],
+    value: t.Any,
+    exc: BaseException | None,
+) -> None:
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(_settle, future, value, exc)
 
 
 def _settle(future: asyncio.Future[t.Any], value: t.Any, exc: BaseException | None) -> None:
     if future.done():
         return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
+    if exc is None:
         future.set_result(value)
+    elif isinstance(exc, greenlet.GreenletExit):
+        # The greenlet was killed (by us on cancellation, or by anyone else):
+        # the awaiting task must not wait forever for it.
+        future.cancel()
+    elif isinstance(exc, StopIteration):
+        # A future refuses StopIteration (it would end the awaiting
+        # coroutine silently), so it travels wrapped, as in asyncio's own
+        # to_thread() path.
+        error = RuntimeError(f"{type(exc).__name__} raised by the sync function")
+        error.__cause__ = exc
+        future.set_exception(error)
+    else:
+        future.set_exception(exc)
 
 
 def _kill(worker: greenlet.greenlet) -> None:

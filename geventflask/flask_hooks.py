@@ -11,7 +11,9 @@ replaced, never Flask internals.
 from __future__ import annotations
 
 import functools
+import types
 import typing as t
+import weakref
 
 from .bridge import await_
 
@@ -28,6 +30,20 @@ def run_on_hub_loop(
     greenlet's context (so ``request``, ``g`` and ``session`` work); context
     variables it sets flow back to the request.
     """
+    # Flask asks again for every call of every async view and hook, so the
+    # wrapper of a plain function is made once. Bound methods (View and
+    # MethodView handlers) are new objects per request and are not kept.
+    if type(func) is _FunctionType:
+        wrapper = _wrappers.get(func)
+        if wrapper is None:
+            wrapper = _wrappers[func] = _hub_caller(func)
+        return wrapper
+    return _hub_caller(func)
+
+
+def _hub_caller(
+    func: t.Callable[..., t.Coroutine[t.Any, t.Any, t.Any]],
+) -> t.Callable[..., t.Any]:
     name = getattr(func, "__qualname__", None)
 
     @functools.wraps(func)
@@ -35,6 +51,13 @@ def run_on_hub_loop(
         return await_(func(*args, **kwargs), name=name)
 
     return run
+
+
+_FunctionType = types.FunctionType
+# Weak keys: functions made per call (closures, copy_current_request_context)
+# must not pile up here.
+_wrappers: weakref.WeakKeyDictionary[t.Callable[..., t.Any], t.Callable[..., t.Any]]
+_wrappers = weakref.WeakKeyDictionary()
 
 
 _installed = False
