@@ -1,0 +1,220 @@
+"""Command-line layer: a gevent dev server and ``async def`` click commands.
+
+* ``python -m geventflask run app:app`` (or ``flask --app app run-gevent``)
+  serves the app on :class:`gevent.pywsgi.WSGIServer` with Werkzeug's
+  reloader and debugger, so async views, background tasks and WebSockets
+  behave in development as under ``gunicorn -k geventflask.GeventWorker``.
+  ``python -m geventflask`` is Flask's own command line otherwise (``routes``,
+  ``shell``, the app's commands), gevent-patched before Flask is imported.
+* :func:`install` lets ``@app.cli.command()`` decorate an ``async def``: the
+  command runs on the shared hub loop, inside the app context.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import signal
+import socket
+import sys
+import typing as t
+
+import click
+from flask.cli import FlaskGroup, ScriptInfo, get_debug_flag, pass_script_info
+
+__all__ = ["install", "main", "run_command", "run_coroutine_command"]
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+
+
+def run_coroutine_command(fn: t.Callable[..., t.Awaitable[t.Any]]) -> t.Callable[..., t.Any]:
+    """Turn an ``async def`` command callback into the sync one click calls.
+
+    The coroutine runs on the shared hub loop (:func:`geventflask.get_loop`)
+    in a copy of the caller's context, so the app context Flask pushed
+    (``current_app``, ``g``) is visible inside it.
+    """
+    from .bridge import await_
+
+    @functools.wraps(fn)
+    def run(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        return await_(fn(*args, **kwargs), name=getattr(fn, "__qualname__", None))
+
+    return run
+
+
+def install() -> None:
+    """Let :meth:`flask.cli.AppGroup.command` (``app.cli``, ``bp.cli``)
+    decorate ``async def`` callbacks. Idempotent.
+
+    click calls a command's callback and ignores what it returns, so an
+    ``async def`` command would silently do nothing. Flask has no hook for
+    this, so the decorator itself is wrapped: coroutine functions become
+    :func:`run_coroutine_command` callbacks before Flask adds its app
+    context; everything else passes through unchanged.
+    """
+    from flask.cli import AppGroup
+
+    original = AppGroup.command
+    if getattr(original, "_geventflask", False):
+        return
+
+    @functools.wraps(original)
+    def command(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        register = original(self, *args, **kwargs)
+
+        def decorator(fn: t.Callable[..., t.Any]) -> t.Any:
+            if inspect.iscoroutinefunction(fn):
+                fn = run_coroutine_command(fn)
+            return register(fn)
+
+        return decorator
+
+    command._geventflask = True  # type: ignore[attr-defined]
+    AppGroup.command = command  # type: ignore[method-assign]
+
+
+# The dev server
+
+
+class _DevHandler:
+    """Mixed into gevent's WSGIHandler (imported lazily, after patching)."""
+
+    def handle(self) -> None:
+        # gevent.pywsgi leaves Nagle's algorithm on, which stalls every
+        # keep-alive response about 40 ms waiting for the client's ACK.
+        try:
+            self.socket.setsockopt(  # type: ignore[attr-defined]
+                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+            )
+        except OSError:
+            pass  # not a TCP socket
+        super().handle()  # type: ignore[misc]
+
+    def get_environ(self) -> dict[str, t.Any]:
+        environ: dict[str, t.Any] = super().get_environ()  # type: ignore[misc]
+        # Where geventflask.websocket finds the connection to take over.
+        environ["geventflask.socket"] = self.socket  # type: ignore[attr-defined]
+        return environ
+
+
+def serve(
+    app: t.Any,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    *,
+    debugger: bool = False,
+    ready: t.Callable[[t.Any], None] | None = None,
+) -> None:
+    """Serve *app* on gevent.pywsgi until SIGTERM or Ctrl+C.
+
+    A normal return (rather than death by signal) lets the atexit shutdown
+    drain background tasks and run ``after_serving`` hooks.
+
+    :param debugger: Wrap the app in Werkzeug's interactive debugger.
+    :param ready: Called with the listening server before serving.
+    """
+    import gevent
+    from gevent.pywsgi import WSGIHandler, WSGIServer
+
+    from .extension import start_all
+
+    handler_class = type("DevHandler", (_DevHandler, WSGIHandler), {})
+    wsgi_app = app
+    if debugger:
+        from werkzeug.debug import DebuggedApplication
+
+        app.debug = True
+        wsgi_app = DebuggedApplication(app, evalex=True)
+    server = WSGIServer((host, port), wsgi_app, handler_class=handler_class)
+    server.init_socket()
+    gevent.signal_handler(signal.SIGTERM, server.stop)
+    start_all()
+    if ready is not None:
+        ready(server)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+def _announce(app: t.Any, debugger: bool, reload: bool) -> t.Callable[[t.Any], None]:
+    def ready(server: t.Any) -> None:
+        host, port = server.address[:2]
+        click.echo(f" * Serving Flask app '{app.name}' on gevent.pywsgi (geventflask)")
+        click.echo(f" * Debugger is {'on' if debugger else 'off'};"
+                   f" reloader is {'on' if reload else 'off'}")
+        click.echo(f" * Running on http://{host}:{port}/ (Press CTRL+C to quit)")
+
+    return ready
+
+
+@click.command(
+    "run",
+    help="Serve the app on gevent.pywsgi with the reloader and debugger, so"
+    " async views and WebSockets work as under gunicorn's gevent worker.",
+)
+@click.argument("app_path", metavar="[APP]", required=False)
+@click.option("--host", "-h", default="127.0.0.1", show_default=True)
+@click.option("--port", "-p", default=5000, type=int, show_default=True)
+@click.option(
+    "--reload/--no-reload", default=None,
+    help="Restart when a source file changes. Default: on with --debug.",
+)
+@click.option(
+    "--debugger/--no-debugger", default=None,
+    help="Show Werkzeug's interactive debugger on errors. Default: on with --debug.",
+)
+@pass_script_info
+def run_command(
+    info: ScriptInfo,
+    app_path: str | None,
+    host: str,
+    port: int,
+    reload: bool | None,
+    debugger: bool | None,
+) -> None:
+    if app_path:
+        info.app_import_path = app_path
+    debug = get_debug_flag()
+    reload = debug if reload is None else reload
+    debugger = debug if debugger is None else debugger
+    _patch_late()
+
+    def serve_app() -> None:
+        app = info.load_app()
+        serve(app, host, port, debugger=debugger,
+              ready=_announce(app, debugger, reload))
+
+    if reload:
+        # Werkzeug's reloader (run_simple's, without its threaded server): the
+        # first process watches, a child serves and is restarted on change.
+        # The stat reloader only sleeps, which gevent makes cooperative.
+        from werkzeug._reloader import run_with_reloader
+
+        run_with_reloader(serve_app, reloader_type="stat")
+    else:
+        serve_app()
+
+
+def _patch_late() -> None:
+    # Under the 'flask' command, Flask (and with it ssl) is already imported
+    # but no connection is open yet; gevent patches ssl in place, as in a
+    # gunicorn worker, so the "ssl imported too early" warning does not apply.
+    from .patching import _patch
+
+    _patch({}, in_worker=True)
+    install()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m geventflask``: Flask's command line, with ``run`` serving on
+    gevent and ``async def`` app commands enabled. Patches before the app loads."""
+    _patch_late()
+    group = FlaskGroup(
+        name="geventflask",
+        help="Flask's command line, gevent-patched, with 'run' serving on gevent.pywsgi.",
+    )
+    group.add_command(run_command)
+    group.main(args=argv, prog_name=f"{os.path.basename(sys.executable)} -m geventflask")
