@@ -53,25 +53,27 @@ def patch(**patch_all_kwargs: t.Any) -> None:
 
 
 def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
-    """patch(); *in_worker* is True when GeventWorker calls it, in the
-    worker right after fork, where gunicorn's own earlier import of ``ssl``
-    is expected and gevent patches that module in place."""
+    """patch(); *in_worker* is True when a gunicorn worker calls it, right
+    after fork (GeventWorker, or the fork hook a preloading master leaves),
+    where gunicorn's own earlier import of ``ssl`` is expected and gevent
+    patches that module in place."""
     global _patched, _deferred_to_fork
     if _patched:
         return
-    if _in_gunicorn_master():
+    if not in_worker and _in_gunicorn_master():
         if not _deferred_to_fork:
             warnings.warn(
                 "geventflask.patch() was called in the gunicorn master (the app"
-                " is loaded with --preload), where patching would break the"
-                " workers' event loops. Patching is left to each worker after"
-                " fork. To silence this, use '-k geventflask.GeventWorker' or"
-                " drop --preload.",
+                " is loaded with --preload). Patching there would break the"
+                " workers' event loops, so each worker patches itself right"
+                " after fork instead; but what the app imported in the master"
+                " stays imported unpatched and may block a whole worker. To fix"
+                " this, drop --preload.",
                 RuntimeWarning,
                 stacklevel=3,
             )
             os.register_at_fork(
-                after_in_child=lambda: _patch(patch_all_kwargs, in_worker=True)
+                after_in_child=lambda: _patch_if_worker(patch_all_kwargs)
             )
             _deferred_to_fork = True
         return
@@ -98,6 +100,28 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
     # earlier, within graceful_timeout, and this becomes a no-op).
     atexit.register(shut_down_at_exit)
     _patched = True
+
+
+def _patch_if_worker(patch_all_kwargs: dict[str, t.Any]) -> None:
+    # The master also forks to re-exec itself (USR2) and, in gunicorn 27, to
+    # run a "dirty" arbiter; neither serves the app, so only a child forked
+    # to become a worker patches.
+    if _forking_a_worker():
+        _patch(patch_all_kwargs, in_worker=True)
+
+
+def _forking_a_worker() -> bool:
+    arbiter = sys.modules.get("gunicorn.arbiter")
+    if arbiter is None:
+        return False
+    frame: t.Any = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "spawn_worker" and isinstance(
+            frame.f_locals.get("self"), arbiter.Arbiter
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _warn_if_too_late(*, check_ssl: bool) -> None:

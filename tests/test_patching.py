@@ -1,0 +1,310 @@
+"""patch() and is_patched(), each case in a fresh process.
+
+Patching is process-wide and cannot be undone, so every test here runs its
+own Python (or gunicorn) process and inspects what it prints or logs.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import requests
+
+from conftest import ROOT
+
+#: Printed by every snippet before its JSON result, so noise is ignored.
+RESULT = "RESULT:"
+
+#: The start of every warning geventflask gives about patching too late.
+TOO_LATE = "geventflask.patch() was called"
+
+
+def run_snippet(code):
+    """Run *code* in a fresh interpreter and return what it reported."""
+    program = textwrap.dedent(
+        """
+        import json as _json, warnings as _warnings
+
+        def report(value):
+            print("RESULT:" + _json.dumps(value), flush=True)
+
+        def our_warnings(caught):
+            return [
+                str(w.message) for w in caught
+                if str(w.message).startswith("geventflask")
+            ]
+        """
+    ) + textwrap.dedent(code)
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    assert lines, f"no result printed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(lines[-1][len(RESULT):])
+
+
+def test_patch_is_idempotent_and_reported():
+    result = run_snippet(
+        """
+        import atexit
+        import geventflask
+        before = geventflask.is_patched()
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            geventflask.patch()
+            hooks_after_first = atexit._ncallbacks()
+            geventflask.patch()
+            geventflask.patch(thread=False)
+        from gevent import monkey
+        report({
+            "before": before,
+            "after": geventflask.is_patched(),
+            "socket": monkey.is_module_patched("socket"),
+            "threading": monkey.is_module_patched("threading"),
+            "exit_hooks_added_again": atexit._ncallbacks() - hooks_after_first,
+            "warnings": our_warnings(caught),
+        })
+        """
+    )
+    assert result == {
+        "before": False,
+        "after": True,
+        "socket": True,
+        "threading": True,
+        "exit_hooks_added_again": 0,
+        "warnings": [],
+    }
+
+
+@pytest.mark.skipif(
+    sys.version_info >= (3, 14), reason="asyncio policies are deprecated from 3.14"
+)
+def test_asyncio_hands_out_hub_loops_after_patch():
+    result = run_snippet(
+        """
+        import geventflask
+        geventflask.patch()
+        import asyncio
+
+        async def loop_type():
+            return type(asyncio.get_running_loop()).__name__
+
+        fresh = asyncio.new_event_loop()
+        report({
+            "policy": type(asyncio.get_event_loop_policy()).__name__,
+            "new_event_loop": type(fresh).__name__,
+            "asyncio_run": asyncio.run(loop_type()),
+        })
+        fresh.close()
+        """
+    )
+    assert result == {
+        "policy": "EventLoopPolicy",
+        "new_event_loop": "HubEventLoop",
+        "asyncio_run": "HubEventLoop",
+    }
+
+
+def test_hub_loop_works_as_a_loop_factory():
+    result = run_snippet(
+        """
+        import geventflask
+        geventflask.patch()
+        import asyncio
+
+        async def loop_type():
+            await asyncio.sleep(0.01)
+            return type(asyncio.get_running_loop()).__name__
+
+        with asyncio.Runner(loop_factory=geventflask.HubEventLoop) as runner:
+            report(runner.run(loop_type()))
+        """
+    )
+    assert result == "HubEventLoop"
+
+
+def test_every_flask_app_runs_async_views_without_asgiref():
+    result = run_snippet(
+        """
+        import sys
+
+        class NoAsgiref:
+            # Flask's stock async support needs asgiref; ours must not.
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "asgiref":
+                    raise ImportError("asgiref is blocked in this test")
+
+        sys.meta_path.insert(0, NoAsgiref())
+        sys.modules.pop("asgiref", None)
+
+        import geventflask
+        geventflask.patch()
+        import asyncio
+        from flask import Flask
+
+        class CustomFlask(Flask):
+            pass
+
+        async def view():
+            await asyncio.sleep(0)
+            return type(asyncio.get_running_loop()).__name__
+
+        answers = []
+        for app_class in (Flask, CustomFlask):
+            app = app_class(__name__)
+            app.add_url_rule("/", view_func=view)
+            answers.append(app.test_client().get("/").get_data(as_text=True))
+
+        try:
+            import asgiref  # noqa: F401
+            blocked = False
+        except ImportError:
+            blocked = True
+        report({
+            "answers": answers,
+            "asgiref_blocked": blocked,
+            "asgiref_loaded": "asgiref" in sys.modules,
+        })
+        """
+    )
+    assert result == {
+        "answers": ["HubEventLoop", "HubEventLoop"],
+        "asgiref_blocked": True,
+        "asgiref_loaded": False,
+    }
+
+
+def test_warns_when_called_while_a_loop_runs():
+    result = run_snippet(
+        """
+        import asyncio
+
+        async def main():
+            import geventflask
+            with _warnings.catch_warnings(record=True) as caught:
+                _warnings.simplefilter("always")
+                geventflask.patch()
+            return our_warnings(caught)
+
+        report(asyncio.run(main()))
+        """
+    )
+    running = [m for m in result if "while an asyncio event loop is running" in m]
+    assert len(running) == 1, result
+    assert "Call geventflask.patch() before starting any loop" in running[0]
+
+
+def test_warns_when_called_after_ssl_was_imported():
+    result = run_snippet(
+        """
+        import ssl  # noqa: F401
+        import geventflask
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            geventflask.patch()
+        report(our_warnings(caught))
+        """
+    )
+    assert len(result) == 1, result
+    assert "after 'ssl' was imported" in result[0]
+    assert "Call geventflask.patch() before other imports" in result[0]
+
+
+def test_does_not_warn_when_called_first():
+    result = run_snippet(
+        """
+        import geventflask
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            geventflask.patch()
+        import ssl  # noqa: F401
+        report(our_warnings(caught))
+        """
+    )
+    assert result == []
+
+
+def test_does_not_warn_about_ssl_in_a_worker():
+    # gunicorn imports ssl itself before its worker patches; gevent patches
+    # that module in place, so the worker path stays quiet.
+    result = run_snippet(
+        """
+        import ssl  # noqa: F401
+        from geventflask.patching import _patch, is_patched
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            _patch({}, in_worker=True)
+        report({"warnings": our_warnings(caught), "patched": is_patched()})
+        """
+    )
+    assert result == {"warnings": [], "patched": True}
+
+
+PRELOADED_APP = '''
+import asyncio
+
+import geventflask
+
+geventflask.patch()
+PATCHED_AT_IMPORT = geventflask.is_patched()
+
+from flask import Flask  # noqa: E402
+
+app = Flask(__name__)
+
+
+@app.route("/")
+def index():
+    return "ok"
+
+
+@app.route("/async")
+async def async_view():
+    await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    return {
+        "patched_at_import": PATCHED_AT_IMPORT,
+        "patched_now": geventflask.is_patched(),
+        "shared_hub_loop": loop is geventflask.get_loop(),
+    }
+'''
+
+
+@pytest.mark.live_server
+@pytest.mark.parametrize("worker_class", ["gevent", "geventflask.GeventWorker"])
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_patch_at_the_top_of_a_served_app(
+    live_server, tmp_path, worker_class, preload
+):
+    (tmp_path / "patched_app.py").write_text(PRELOADED_APP)
+    args = ["--pythonpath", str(tmp_path)] + (["--preload"] if preload else [])
+    server = live_server("patched_app:app", worker_class=worker_class, args=args)
+
+    answer = requests.get(server.url + "/async", timeout=10).json()
+    log = server.log()
+    warned = [line for line in log.splitlines() if TOO_LATE in line]
+    if preload:
+        # Imported in the master, unpatched; each worker patched after fork.
+        assert answer == {
+            "patched_at_import": False,
+            "patched_now": True,
+            "shared_hub_loop": True,
+        }
+        assert len(warned) == 1, log
+        assert "in the gunicorn master" in warned[0]
+        assert "To fix this, drop --preload." in warned[0]
+    else:
+        assert answer == {
+            "patched_at_import": True,
+            "patched_now": True,
+            "shared_hub_loop": True,
+        }
+        assert warned == [], log
+    assert "Traceback" not in log, log
