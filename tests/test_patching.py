@@ -30,7 +30,11 @@ def run_snippet(code):
         def report(value):
             print("RESULT:" + _json.dumps(value), flush=True)
 
-        def our_warnings(caught):
+        def warnings_from(call, *args, **kwargs):
+            # geventflask's warnings while *call* runs.
+            with _warnings.catch_warnings(record=True) as caught:
+                _warnings.simplefilter("always")
+                call(*args, **kwargs)
             return [
                 str(w.message) for w in caught
                 if str(w.message).startswith("geventflask")
@@ -56,12 +60,11 @@ def test_patch_is_idempotent_and_reported():
         import atexit
         import geventflask
         before = geventflask.is_patched()
-        with _warnings.catch_warnings(record=True) as caught:
-            _warnings.simplefilter("always")
-            geventflask.patch()
-            hooks_after_first = atexit._ncallbacks()
-            geventflask.patch()
-            geventflask.patch(thread=False)
+        first = warnings_from(geventflask.patch)
+        hooks_after_first = atexit._ncallbacks()
+        again = warnings_from(geventflask.patch) + warnings_from(
+            geventflask.patch, thread=False
+        )
         from gevent import monkey
         report({
             "before": before,
@@ -69,7 +72,7 @@ def test_patch_is_idempotent_and_reported():
             "socket": monkey.is_module_patched("socket"),
             "threading": monkey.is_module_patched("threading"),
             "exit_hooks_added_again": atexit._ncallbacks() - hooks_after_first,
-            "warnings": our_warnings(caught),
+            "warnings": first + again,
         })
         """
     )
@@ -188,10 +191,7 @@ def test_warns_when_called_while_a_loop_runs():
 
         async def main():
             import geventflask
-            with _warnings.catch_warnings(record=True) as caught:
-                _warnings.simplefilter("always")
-                geventflask.patch()
-            return our_warnings(caught)
+            return warnings_from(geventflask.patch)
 
         report(asyncio.run(main()))
         """
@@ -206,10 +206,7 @@ def test_warns_when_called_after_ssl_was_imported():
         """
         import ssl  # noqa: F401
         import geventflask
-        with _warnings.catch_warnings(record=True) as caught:
-            _warnings.simplefilter("always")
-            geventflask.patch()
-        report(our_warnings(caught))
+        report(warnings_from(geventflask.patch))
         """
     )
     assert len(result) == 1, result
@@ -221,11 +218,9 @@ def test_does_not_warn_when_called_first():
     result = run_snippet(
         """
         import geventflask
-        with _warnings.catch_warnings(record=True) as caught:
-            _warnings.simplefilter("always")
-            geventflask.patch()
+        found = warnings_from(geventflask.patch)
         import ssl  # noqa: F401
-        report(our_warnings(caught))
+        report(found)
         """
     )
     assert result == []
@@ -238,10 +233,8 @@ def test_does_not_warn_about_ssl_in_a_worker():
         """
         import ssl  # noqa: F401
         from geventflask.patching import _patch, is_patched
-        with _warnings.catch_warnings(record=True) as caught:
-            _warnings.simplefilter("always")
-            _patch({}, in_worker=True)
-        report({"warnings": our_warnings(caught), "patched": is_patched()})
+        found = warnings_from(lambda: _patch({}, in_worker=True))
+        report({"warnings": found, "patched": is_patched()})
         """
     )
     assert result == {"warnings": [], "patched": True}
