@@ -1,11 +1,19 @@
-"""aioflask's quick start, unchanged but for the worker: an async view that sleeps.
+"""aioflask's quick start, unchanged but for the first two lines: an async view that sleeps.
 
     gunicorn -c gunicorn.conf.py examples.quickstart:app
+
+One worker serves hundreds of these requests at once: each ``await`` hands the
+worker's single event loop to the others. ``-k gevent`` works as well, thanks
+to the ``patch()`` call at the top.
 """
 
-import asyncio
+import geventflask
 
-from flask import Flask
+geventflask.patch()
+
+import asyncio  # noqa: E402
+
+from flask import Flask  # noqa: E402
 
 app = Flask(__name__)
 

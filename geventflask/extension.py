@@ -1,11 +1,17 @@
 """Flask extension layer: per-app settings and per-worker serving hooks.
 
 ``before_serving`` hooks run once per worker process, after fork and before
-it serves (under :class:`~geventflask.GeventWorker`), or just before the
-first request (under ``-k gevent`` with :func:`~geventflask.patch`);
-``after_serving`` hooks run once when the worker stops. That is where a
-shared ``aiohttp.ClientSession`` is opened and closed: it must belong to the
-worker's own loop, which exists only after fork.
+it serves; ``after_serving`` hooks run once when the worker stops, after its
+background tasks drained. That is where a shared ``aiohttp.ClientSession`` is
+opened and closed: it must belong to the worker's own loop, which exists only
+after fork.
+
+:class:`~geventflask.GeventWorker` runs the hooks itself. Under gunicorn's
+own ``-k gevent`` worker the extension finds the worker when the app is
+loaded and gives it the same startup and shutdown
+(:func:`geventflask.worker.adopt`). Elsewhere (``--preload``, another
+server) the ``before_serving`` hooks run before the first request and the
+``after_serving`` hooks at interpreter exit.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import sys
 import typing as t
 import weakref
 
@@ -74,6 +81,7 @@ class GeventFlask:
         self.app = app
         app.before_request(self._serve_before_first_request)
         _extensions.add(self)
+        _adopt_gunicorn_worker()
 
     def before_serving(self, fn: H) -> H:
         """Register *fn* to run once per worker before it serves requests."""
@@ -126,7 +134,20 @@ class GeventFlask:
 
     def _serve_before_first_request(self) -> None:
         if not self.serving and self.app.config["GEVENTFLASK_SERVE_HOOKS_ON_FIRST_REQUEST"]:
+            _adopt_gunicorn_worker()
             self.start_serving()
+
+
+def _adopt_gunicorn_worker() -> None:
+    """Under gunicorn's ``-k gevent``, give its worker geventflask's startup
+    and shutdown (see :func:`geventflask.worker.adopt`)."""
+    if "gunicorn.workers.ggevent" not in sys.modules:
+        return  # not in a gunicorn gevent worker; importing gunicorn is not ours to do
+    from .worker import adopt, gunicorn_worker_on_stack
+
+    worker = gunicorn_worker_on_stack()
+    if worker is not None:
+        adopt(worker)
 
 
 def start_all() -> None:

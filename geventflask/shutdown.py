@@ -4,6 +4,10 @@ gunicorn's gevent worker waits only for open connections when it stops, so a
 task started with ``asyncio.create_task()`` in a view would be dropped
 silently. :func:`drain` gives such tasks a deadline instead; what is still
 running then is cancelled (its ``finally`` blocks run) and logged by name.
+
+The deadline is the time left before the gunicorn master kills the worker
+(``graceful_timeout`` counted from the stop signal) when the worker layer
+knows it, else ``GEVENTFLASK_SHUTDOWN_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -16,18 +20,25 @@ import typing as t
 from .bridge import await_
 from .policy import shared_loop_if_running
 
-__all__ = ["drain"]
+__all__ = ["drain", "shut_down", "shut_down_at_exit", "use_deadline"]
 
 logger = logging.getLogger("geventflask")
 
-#: Seconds cancelled tasks get to run their ``finally`` blocks.
+#: Longest time, in seconds, cancelled tasks get to run their ``finally`` blocks.
 CANCEL_GRACE = 1.0
 
+#: Longest time, in seconds, kept back from draining for cancelling what is
+#: left and running the ``after_serving`` hooks before the master's deadline.
+#: A quarter of a short budget is kept back instead.
+RESERVE = 2.0
 
-def drain(timeout: float) -> list[str]:
+
+def drain(timeout: float, cancel_grace: float = CANCEL_GRACE) -> list[str]:
     """Wait up to *timeout* seconds for background tasks; cancel what is left.
 
-    Call from a sync greenlet. Returns the names of the cancelled tasks.
+    Call from a sync greenlet. Cancelled tasks get up to *cancel_grace*
+    seconds to finish their ``finally`` blocks. Returns the names of the
+    cancelled tasks.
     """
     loop = shared_loop_if_running()
     if loop is None:
@@ -51,7 +62,7 @@ def drain(timeout: float) -> list[str]:
             timeout,
         )
         task.cancel()
-    await_(_wait(set(leftover), CANCEL_GRACE), name="geventflask-cancel")
+    await_(_wait(set(leftover), cancel_grace), name="geventflask-cancel")
     return names
 
 
@@ -63,11 +74,12 @@ async def _wait(tasks: set[asyncio.Task[t.Any]], timeout: float) -> None:
 _shut_down = False
 
 
-def shut_down(timeout: float) -> None:
-    """Drain background tasks within *timeout*, then run ``after_serving`` hooks.
+def shut_down(time_left: float) -> None:
+    """Drain background tasks, then run the ``after_serving`` hooks, all
+    within *time_left* seconds (the time before the worker gets killed).
 
-    Runs once per process: from :class:`~geventflask.GeventWorker` when it
-    stops, or at interpreter exit otherwise.
+    Runs once per process: when the worker stops serving, or at interpreter
+    exit otherwise.
     """
     global _shut_down
     if _shut_down:
@@ -75,10 +87,23 @@ def shut_down(timeout: float) -> None:
     _shut_down = True
     from .extension import stop_all
 
+    time_left = max(0.0, time_left)
+    reserve = min(RESERVE, time_left / 4)
     try:
-        drain(timeout)
+        drain(time_left - reserve, cancel_grace=min(CANCEL_GRACE, reserve / 2))
     finally:
         stop_all()
+
+
+#: Seconds left before the worker gets killed, when the worker layer knows.
+_time_left: t.Callable[[], float] | None = None
+
+
+def use_deadline(time_left: t.Callable[[], float]) -> None:
+    """Make :func:`shut_down_at_exit` drain for ``time_left()`` seconds
+    rather than ``GEVENTFLASK_SHUTDOWN_TIMEOUT``."""
+    global _time_left
+    _time_left = time_left
 
 
 def shut_down_at_exit() -> None:
@@ -86,6 +111,6 @@ def shut_down_at_exit() -> None:
     from .extension import configured_shutdown_timeout
 
     try:
-        shut_down(configured_shutdown_timeout())
+        shut_down(_time_left() if _time_left else configured_shutdown_timeout())
     except Exception:
         logger.exception("geventflask shutdown failed")

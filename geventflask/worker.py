@@ -3,17 +3,24 @@
 gunicorn imports the worker class in the master, so importing this module
 patches nothing and creates no loop; :meth:`GeventWorker.patch` runs in the
 worker process, after fork.
+
+Apps served by gunicorn's own ``-k gevent`` worker get the same startup and
+shutdown when they use :class:`~geventflask.GeventFlask`: the extension finds
+the worker on the call stack and hands it to :func:`adopt`.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
 import typing as t
 
+import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
-__all__ = ["GeventWorker"]
+__all__ = ["GeventWorker", "adopt", "gunicorn_worker_on_stack"]
 
 
 class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
@@ -27,6 +34,8 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
       in-flight requests, then for pending background tasks, both within
       ``graceful_timeout``; it cancels and logs what is left, then runs the
       ``after_serving`` hooks.
+    * Sends geventflask's and asyncio's log records to gunicorn's error log,
+      unless the app configured those loggers itself.
 
     Use it with ``gunicorn -k geventflask.GeventWorker app:app``.
 
@@ -61,16 +70,121 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
         """Serve until told to stop, then let background tasks finish for up to
         ``graceful_timeout`` seconds. Overrides must end with ``super().run()``.
         """
-        from .extension import start_all
-        from .shutdown import shut_down
+        _serve_then_drain(self, super().run, lambda: self._stopping_since)
 
-        start_all()
+
+def _serve_then_drain(
+    worker: t.Any, serve: t.Callable[[], None], stopping_since: t.Callable[[], float | None]
+) -> None:
+    from .extension import start_all
+    from .shutdown import shut_down
+
+    start_all()
+    try:
+        serve()
+    finally:
+        with _heartbeat(worker):
+            shut_down(_time_left(worker, stopping_since()))
+
+
+def _time_left(worker: t.Any, since: float | None) -> float:
+    """Seconds until the master kills *worker*: ``graceful_timeout`` counted
+    from the stop signal (or from now, when the worker stops on its own)."""
+    if since is None:
+        since = time.monotonic()
+    return float(worker.cfg.graceful_timeout) - (time.monotonic() - since)
+
+
+class _heartbeat:
+    """Keep telling the master the worker is alive while it drains.
+
+    After SIGHUP or ``max_requests`` the master is not stopping and kills a
+    worker that stays silent for ``timeout`` seconds; draining may take up to
+    ``graceful_timeout``.
+    """
+
+    def __init__(self, worker: t.Any) -> None:
+        self._worker = worker
+        self._greenlet: gevent.Greenlet | None = None
+
+    def __enter__(self) -> None:
+        self._greenlet = gevent.spawn(self._beat)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def _beat(self) -> None:
+        while True:
+            self._worker.tmp.notify()
+            gevent.sleep(1.0)
+
+
+def gunicorn_worker_on_stack() -> t.Any:
+    """The gunicorn gevent worker whose code called us, or None.
+
+    Both the app import (``load_wsgi``) and every request run below a frame
+    of the worker's own methods.
+    """
+    ggevent = sys.modules.get("gunicorn.workers.ggevent")
+    if ggevent is None:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ggevent.GeventWorker):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def adopt(worker: t.Any) -> None:
+    """Give gunicorn's plain gevent *worker* what :class:`GeventWorker` does
+    besides patching: the ``before_serving`` hooks before it serves (if it
+    has not started yet), the drain within ``graceful_timeout`` and the
+    ``after_serving`` hooks when it stops, and logs in its error log.
+
+    Does nothing for a :class:`GeventWorker`, or twice.
+    """
+    if isinstance(worker, GeventWorker) or getattr(worker, "_geventflask_adopted", False):
+        return
+    worker._geventflask_adopted = True
+    _route_logs_to(worker.log)
+    stop_clock = _StopClock()
+    stop_clock.install()
+
+    from .shutdown import use_deadline
+
+    # If the worker stops before run() below gets its say (the app was
+    # adopted mid-request), the atexit hook drains within the same deadline.
+    use_deadline(lambda: _time_left(worker, stop_clock.since))
+    if not worker.booted:
+        serve = worker.run
+
+        def run() -> None:
+            _serve_then_drain(worker, serve, lambda: stop_clock.since)
+
+        # init_process() calls self.run() right after loading the app.
+        worker.run = run
+
+
+class _StopClock:
+    """Notes when SIGTERM arrived, then lets gunicorn's handler run."""
+
+    since: float | None = None
+
+    def install(self) -> None:
         try:
-            super().run()
-        finally:
-            since = self._stopping_since or time.monotonic()
-            remaining = self.cfg.graceful_timeout - (time.monotonic() - since)
-            shut_down(max(0.0, remaining))
+            self._previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._on_term)
+        except ValueError:
+            pass  # not the main thread: the deadline counts from exit instead
+
+    def _on_term(self, signum: int, frame: t.Any) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        if callable(self._previous):
+            self._previous(signum, frame)
 
 
 def _route_logs_to(log: t.Any) -> None:

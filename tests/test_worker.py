@@ -1,0 +1,196 @@
+"""Issue 2's "done means", against real gunicorn: one loop per worker, background
+tasks, and the graceful stops (SIGTERM, SIGHUP, max_requests) that drain them.
+
+Every behaviour is checked under both ways of serving: gunicorn's ``-k gevent``
+with ``geventflask.patch()`` at the top of the app, and
+``-k geventflask.GeventWorker``. One server per worker class serves all the
+tests that leave it running; the stop tests start their own.
+"""
+
+import concurrent.futures
+import signal
+import time
+
+import pytest
+from conftest import LiveServer
+from upstream import get, get_all, get_json, upstream, wait_until  # noqa: F401
+
+pytestmark = pytest.mark.live_server
+
+WORKERS = ["gevent", "geventflask.GeventWorker"]
+
+
+@pytest.fixture(scope="module", params=WORKERS)
+def served(request, tmp_path_factory, upstream):  # noqa: F811
+    """served_app on one worker of the given class, for the whole module."""
+    markers = tmp_path_factory.mktemp("markers")
+    server = LiveServer(
+        "served_app:app",
+        request.param,
+        args=["--worker-connections", "1000"],
+        env={"MARKER_DIR": str(markers), "UPSTREAM_URL": upstream.url},
+    )
+    server.markers = markers
+    with open(markers.parent / f"{markers.name}.log", "w+") as log_file:
+        server.start(log_file)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def start_served(live_server, tmp_path, worker, *args):
+    """A server of its own, for a test that stops it."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    server = live_server(
+        "served_app:app", worker_class=worker, args=args, env={"MARKER_DIR": str(markers)}
+    )
+    server.markers = markers
+    return server
+
+
+def serving_events(server):
+    path = server.markers / "serving.log"
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines()]
+
+
+def assert_replaced_after_drain(server, old_pid, task):
+    """The worker *old_pid* let *task* finish, ran after_serving, and a new
+    worker took its place."""
+    wait_until(lambda: (server.markers / f"done-{task}").exists(), what="the task")
+    wait_until(lambda: ["after", str(old_pid)] in [e[:2] for e in serving_events(server)],
+               what="the old worker's after_serving")
+    assert get_json(server.url + "/pid")["pid"] != old_pid
+
+
+def test_200_sleeping_requests_on_one_worker_run_concurrently(served):
+    started = time.monotonic()
+    responses = get_all([served.url + "/sleep"] * 200)
+    took = time.monotonic() - started
+    assert [r.status_code for r in responses] == [200] * 200
+    assert len({r.json()["loop"] for r in responses}) == 1
+    # Concurrency structure, wide margin: one after another would take 200 s.
+    assert took < 30, f"200 requests sleeping 1 s each took {took:.1f} s"
+
+
+def test_every_request_sees_the_same_running_loop(served):
+    seen = [get_json(served.url + "/loop") for _ in range(50)]
+    assert len({answer["loop"] for answer in seen}) == 1
+    assert all(answer["in_task"] for answer in seen)
+
+
+def test_module_level_client_session_serves_many_requests(served, upstream):  # noqa: F811
+    before = upstream.stats()["served"]
+    responses = get_all(f"{served.url}/shared/{n}" for n in range(40))
+    assert [r.status_code for r in responses] == [200] * 40, responses[0].text
+    assert [r.json()["item"] for r in responses] == list(range(40))
+    assert len({r.json()["session"] for r in responses}) == 1
+    assert upstream.stats()["served"] - before == 40
+    assert "attached to a different loop" not in served.log()
+
+
+def test_sync_view_sees_no_loop_while_async_views_are_in_flight(served):
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        sleepers = [pool.submit(get, served.url + "/sleep?seconds=2") for _ in range(20)]
+        time.sleep(0.3)
+        answers = [get_json(served.url + "/sync-asyncio-run") for _ in range(3)]
+        overlapped = not all(s.done() for s in sleepers)
+        loops = {s.result().json()["loop"] for s in sleepers}
+    assert all(answer["leak"] is False for answer in answers)
+    # asyncio.run() in a sync view makes a loop of its own, not the shared one.
+    assert not loops & {answer["own_loop"] for answer in answers}
+    assert overlapped, "the sync requests did not overlap the async ones"
+
+
+def test_twenty_background_tasks_all_finish(served):
+    names = [f"bg{n}" for n in range(20)]
+    responses = get_all(f"{served.url}/task/{name}?seconds=0.5" for name in names)
+    assert [r.status_code for r in responses] == [200] * 20
+    wait_until(
+        lambda: all((served.markers / f"done-{name}").exists() for name in names),
+        what="20 background tasks",
+    )
+
+
+def test_failing_background_task_is_logged_by_name(served):
+    assert get_json(served.url + "/failing-task") == {"started": "doomed-task"}
+    wait_until(lambda: "background failure for the log" in served.log(), what="the log")
+    log = served.log()
+    assert "Background task doomed-task failed" in log
+    assert "ValueError: background failure for the log" in log
+
+
+def test_async_error_handler_answers_and_the_worker_goes_on(served):
+    pid = get_json(served.url + "/pid")["pid"]
+    response = get(served.url + "/boom")
+    assert response.status_code == 500
+    assert response.json() == {
+        "handled_by": "async 500 handler",
+        "error": "RuntimeError('boom from an async view')",
+    }
+    assert get_json(served.url + "/pid")["pid"] == pid
+    assert get(served.url + "/loop").status_code == 200
+
+
+def test_async_hooks_run_in_flasks_order(served):
+    response = get(served.url + "/hooks")
+    assert response.headers["X-Order"] == "before_1,before_2,view,after_2,after_1"
+    assert get_json(served.url + "/last-teardown")["order"] == [
+        "before_1", "before_2", "view", "after_2", "after_1", "teardown_2", "teardown_1",
+    ]
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_sigterm_drains_background_tasks_then_cancels_the_late(live_server, tmp_path, worker):
+    server = start_served(live_server, tmp_path, worker, "--graceful-timeout", "4")
+    get_json(server.url + "/task/short?seconds=2")
+    get_json(server.url + "/task/long?seconds=60")
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == 0
+    markers = server.markers
+    assert (markers / "done-short").exists(), server.log()
+    assert (markers / "finally-long").exists(), server.log()
+    assert not (markers / "done-long").exists()
+    log = server.log()
+    assert "Cancelling background task marker-task-long" in log
+    assert "marker-task-short" not in log
+    assert [event[0] for event in serving_events(server)] == ["before", "after"]
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_sighup_drains_the_old_workers_tasks(live_server, tmp_path, worker):
+    server = start_served(live_server, tmp_path, worker)
+    old_pid = get_json(server.url + "/pid")["pid"]
+    get_json(server.url + "/task/hup?seconds=1.5")
+    server.signal(signal.SIGHUP)
+    assert_replaced_after_drain(server, old_pid, "hup")
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_max_requests_recycling_drains(live_server, tmp_path, worker):
+    # The readiness probe was request 1; /pid, /task and /pid make 4.
+    server = start_served(
+        live_server, tmp_path, worker, "--max-requests", "4", "--max-requests-jitter", "0"
+    )
+    old_pid = get_json(server.url + "/pid")["pid"]
+    get_json(server.url + "/task/recycle?seconds=1.5")
+    get_json(server.url + "/pid")
+    assert_replaced_after_drain(server, old_pid, "recycle")
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_serving_hooks_run_once_per_worker_after_fork(live_server, tmp_path, worker):
+    server = start_served(live_server, tmp_path, worker, "--workers", "2")
+    wait_until(lambda: len(serving_events(server)) == 2, what="two before_serving runs")
+    master = str(server.proc.pid)
+    started = serving_events(server)
+    assert [e[0] for e in started] == ["before", "before"]
+    assert len({e[1] for e in started}) == 2
+    assert all(e[1] != master and e[2] == master for e in started)
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == 0
+    events = serving_events(server)
+    assert sorted(events) == sorted(started + [["after", e[1], master] for e in started])
