@@ -40,15 +40,25 @@ class AwaitInLoopError(RuntimeError):
     """``await_()`` was called where waiting would block the event loop.
 
     This is usually a programming error: coroutines ``await``; only sync code
-    outside the loop calls ``await_()``.
+    in a greenlet of its own calls ``await_()``.
     """
+
+    _FIXES = {
+        "on the event loop's own greenlet": (
+            "In a coroutine, use 'await' instead; for sync code called from a"
+            " coroutine, wrap it with geventflask.sync_to_async() and await"
+            " that."
+        ),
+        "from the gevent hub": (
+            "Call it from a greenlet instead: move the code into a function"
+            " run with gevent.spawn()."
+        ),
+    }
 
     def __init__(self, where: str) -> None:
         super().__init__(
-            f"await_() was called {where}, where waiting would deadlock. In a"
-            " coroutine, use 'await' instead; for sync code called from a"
-            " coroutine, wrap it with geventflask.sync_to_async() and await"
-            " that."
+            f"await_() was called {where}, where waiting would deadlock."
+            f" {self._FIXES[where]}"
         )
 
 

@@ -225,7 +225,8 @@ def test_await_from_the_hub_raises():
     hub.loop.run_callback(in_the_hub)
     wait_until(lambda: outcome)
     assert isinstance(outcome[0], AwaitInLoopError)
-    assert "gevent hub" in str(outcome[0])
+    assert "from the gevent hub" in str(outcome[0])
+    assert "gevent.spawn()" in str(outcome[0])
 
 
 def test_a_timeout_cancels_the_task_and_its_finally_runs():

@@ -46,3 +46,22 @@ def test_import_patches_nothing_and_loads_neither_asyncio_nor_gunicorn():
         "assert socket.socket is not gevent.socket.socket, 'socket patched'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loading_every_public_name_still_patches_nothing():
+    # gunicorn imports the worker class in the master, and apps import
+    # geventflask before patch(): loading a name must never patch.
+    code = (
+        "import socket, threading, gevent.socket, geventflask\n"
+        "for name in geventflask.__all__:\n"
+        "    getattr(geventflask, name)\n"
+        "assert not geventflask.is_patched()\n"
+        "assert socket.socket is not gevent.socket.socket, 'socket patched'\n"
+        "import gevent.monkey\n"
+        "assert not gevent.monkey.is_module_patched('threading')\n"
+        "import asyncio, sys\n"
+        "if sys.version_info < (3, 14):  # policies are deprecated from 3.14\n"
+        "    policy = asyncio.get_event_loop_policy()\n"
+        "    assert not isinstance(policy, geventflask.EventLoopPolicy)\n"
+    )
+    subprocess.run([sys.executable, "-W", "error", "-c", code], check=True)
