@@ -129,14 +129,25 @@ def serve(
         wsgi_app = DebuggedApplication(app, evalex=True)
     server = WSGIServer((host, port), wsgi_app, handler_class=handler_class)
     server.init_socket()
-    gevent.signal_handler(signal.SIGTERM, server.stop)
+    gevent.signal_handler(signal.SIGTERM, _stopper(server))
     start_all()
     if ready is not None:
         ready(server)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        server.stop()
+        _stopper(server)()
+
+
+def _stopper(server: t.Any) -> t.Callable[[], None]:
+    def stop() -> None:
+        # Open WebSockets would otherwise keep server.stop() waiting.
+        from .websocket import close_all
+
+        close_all()
+        server.stop(timeout=10)
+
+    return stop
 
 
 def _announce(app: t.Any, debugger: bool, reload: bool) -> t.Callable[[t.Any], None]:

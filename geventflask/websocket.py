@@ -27,6 +27,7 @@ import socket
 import time
 import typing as t
 import urllib.parse
+import weakref
 
 import gevent
 from gevent.event import Event
@@ -49,7 +50,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .bridge import await_
 
-__all__ = ["AsyncWebSocket", "ConnectionClosed", "Sock", "WebSocket"]
+__all__ = ["AsyncWebSocket", "ConnectionClosed", "Sock", "WebSocket", "close_all"]
 
 logger = logging.getLogger("geventflask")
 
@@ -72,6 +73,7 @@ CLOSE_TIMEOUT = 5.0
 RECEIVE_BYTES = 65536
 
 NORMAL_CLOSURE = 1000
+GOING_AWAY = 1001
 ABNORMAL_CLOSURE = 1006
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
@@ -127,6 +129,7 @@ class _Connection:
         self._async_waiters: set[asyncio.Future[None]] = set()
         self._reader = gevent.spawn(self._read)
         self._pinger = gevent.spawn(self._ping) if ping_interval else None
+        _open_connections.add(self)
 
     # Receiving
 
@@ -288,6 +291,23 @@ class _Connection:
         self._reader.kill(block=False)
         if self._pinger is not None:
             self._pinger.kill(block=False)
+
+
+_open_connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+
+def close_all(code: int = GOING_AWAY, reason: str = "server shutting down") -> int:
+    """Start the closing handshake on every open WebSocket of this process.
+
+    A stopping server calls this first, so that clients hear a close code
+    (1001 by default) and handlers end, instead of the server waiting its
+    whole graceful timeout for connections that never end by themselves.
+    Returns how many connections it closed.
+    """
+    closing = [conn for conn in list(_open_connections) if conn.closed is None]
+    for conn in closing:
+        conn.close(code, reason)
+    return len(closing)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

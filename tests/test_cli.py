@@ -178,6 +178,15 @@ def test_dev_server_serves_async_views_websockets_and_drains_on_sigterm(dev_serv
     assert json.loads(server.get("/nodelay")[1]) == {"nodelay": True}
     assert asyncio.run(echo_over_websocket(server.url.replace("http", "ws") + "/echo", 50)) == 50
     assert server.get("/later") == (200, "started")
+
+    async def stop_while_connected():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.url + "/echo") as ws:
+                os.killpg(server.proc.pid, signal.SIGTERM)
+                return await ws.receive()
+
+    closing = asyncio.run(stop_while_connected())
+    assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1001)
     assert server.stop() == 0
     # The background task finished before the process exited.
     assert done_file.read_text() == "done"
