@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from upstream import get, get_all, get_json, upstream, wait_until  # noqa: F401
+from upstream import get, get_all, get_json, wait_until
 
 pytestmark = pytest.mark.live_server
+pytest_plugins = ["upstream"]  # the upstream fixture
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WORKERS = ["gevent", "geventflask.GeventWorker"]
@@ -34,7 +35,7 @@ def documented_command(name):
 
 
 @pytest.fixture(params=WORKERS)
-def serve_example(request, live_server, upstream):  # noqa: F811
+def serve_example(request, live_server, upstream):
     """Start the named example as its docstring says, on this test's worker class."""
 
     def serve(name):
@@ -60,7 +61,7 @@ def test_quickstart(serve_example):
     assert took < 20, f"50 one-second sleeps took {took:.1f} s"
 
 
-def test_late_response(serve_example, upstream):  # noqa: F811
+def test_late_response(serve_example, upstream):
     server = serve_example("late_response")
     late = get_all([server.url + "/late?delay=1"] * 20)
     assert {(r.status_code, r.text.strip()) for r in late} == {(201, '{"data":"done"}')}
@@ -75,7 +76,7 @@ def test_late_response(serve_example, upstream):  # noqa: F811
     assert [item["item"] for item in items] == [1, 2, 3, 4, 5]
 
 
-def test_fanout(serve_example, upstream):  # noqa: F811
+def test_fanout(serve_example, upstream):
     server = serve_example("fanout")
     upstream.reset()
     response = get(server.url + "/fanout?delay=0.5")
@@ -107,7 +108,7 @@ def test_tasks(serve_example):
     )
 
 
-def test_legacy(serve_example, upstream):  # noqa: F811
+def test_legacy(serve_example, upstream):
     server = serve_example("legacy")
     started = time.monotonic()
     slow = get_all([server.url + "/slow?seconds=1"] * 20)
@@ -117,7 +118,7 @@ def test_legacy(serve_example, upstream):  # noqa: F811
     assert get_json(server.url + "/proxy/4") == {"item": 4, "title": "item 4"}
 
 
-def test_fake_api_answers_like_the_upstream(upstream):  # noqa: F811
+def test_fake_api_answers_like_the_upstream(upstream):
     # The examples' offline default must speak the upstream's format.
     spec = importlib.util.spec_from_file_location("fake_api", EXAMPLES / "fake_api.py")
     module = importlib.util.module_from_spec(spec)

@@ -8,53 +8,15 @@ tests that leave it running; the stop tests start their own.
 """
 
 import concurrent.futures
+import re
 import signal
 import time
 
 import pytest
-from conftest import LiveServer
-from upstream import get, get_all, get_json, upstream, wait_until  # noqa: F401
+from upstream import WORKERS, get, get_all, get_json, serving_events, start_with_markers, wait_until
 
 pytestmark = pytest.mark.live_server
-
-WORKERS = ["gevent", "geventflask.GeventWorker"]
-
-
-@pytest.fixture(scope="module", params=WORKERS)
-def served(request, tmp_path_factory, upstream):  # noqa: F811
-    """served_app on one worker of the given class, for the whole module."""
-    markers = tmp_path_factory.mktemp("markers")
-    server = LiveServer(
-        "served_app:app",
-        request.param,
-        args=["--worker-connections", "1000"],
-        env={"MARKER_DIR": str(markers), "UPSTREAM_URL": upstream.url},
-    )
-    server.markers = markers
-    with open(markers.parent / f"{markers.name}.log", "w+") as log_file:
-        server.start(log_file)
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
-def start_served(live_server, tmp_path, worker, *args):
-    """A server of its own, for a test that stops it."""
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    server = live_server(
-        "served_app:app", worker_class=worker, args=args, env={"MARKER_DIR": str(markers)}
-    )
-    server.markers = markers
-    return server
-
-
-def serving_events(server):
-    path = server.markers / "serving.log"
-    if not path.exists():
-        return []
-    return [line.split() for line in path.read_text().splitlines()]
+pytest_plugins = ["upstream"]  # the upstream and served fixtures
 
 
 def assert_replaced_after_drain(server, old_pid, task):
@@ -82,7 +44,7 @@ def test_every_request_sees_the_same_running_loop(served):
     assert all(answer["in_task"] for answer in seen)
 
 
-def test_module_level_client_session_serves_many_requests(served, upstream):  # noqa: F811
+def test_module_level_client_session_serves_many_requests(served, upstream):
     before = upstream.stats()["served"]
     responses = get_all(f"{served.url}/shared/{n}" for n in range(40))
     assert [r.status_code for r in responses] == [200] * 40, responses[0].text
@@ -115,37 +77,33 @@ def test_twenty_background_tasks_all_finish(served):
     )
 
 
+def in_error_log(server, level, message):
+    """True once gunicorn's error log has a *level* record starting with *message*."""
+    pattern = rf"^\[[^]]+\] \[\d+\] \[{level}\] {re.escape(message)}"
+    return re.search(pattern, server.log(), re.MULTILINE) is not None
+
+
 def test_failing_background_task_is_logged_by_name(served):
     assert get_json(served.url + "/failing-task") == {"started": "doomed-task"}
-    wait_until(lambda: "background failure for the log" in served.log(), what="the log")
-    log = served.log()
-    assert "Background task doomed-task failed" in log
-    assert "ValueError: background failure for the log" in log
+    wait_until(
+        lambda: in_error_log(served, "ERROR", "Background task doomed-task failed"),
+        what="the task's failure in gunicorn's error log",
+    )
+    assert "ValueError: background failure for the log" in served.log()
 
 
-def test_async_error_handler_answers_and_the_worker_goes_on(served):
-    pid = get_json(served.url + "/pid")["pid"]
-    response = get(served.url + "/boom")
-    assert response.status_code == 500
-    assert response.json() == {
-        "handled_by": "async 500 handler",
-        "error": "RuntimeError('boom from an async view')",
-    }
-    assert get_json(served.url + "/pid")["pid"] == pid
-    assert get(served.url + "/loop").status_code == 200
-
-
-def test_async_hooks_run_in_flasks_order(served):
-    response = get(served.url + "/hooks")
-    assert response.headers["X-Order"] == "before_1,before_2,view,after_2,after_1"
-    assert get_json(served.url + "/last-teardown")["order"] == [
-        "before_1", "before_2", "view", "after_2", "after_1", "teardown_2", "teardown_1",
-    ]
+def test_asyncio_records_reach_gunicorns_error_log(served):
+    assert get_json(served.url + "/asyncio-error") == {"scheduled": True}
+    wait_until(
+        lambda: in_error_log(served, "ERROR", "Exception in callback"),
+        what="asyncio's record in gunicorn's error log",
+    )
+    assert "ZeroDivisionError: failed in a loop callback" in served.log()
 
 
 @pytest.mark.parametrize("worker", WORKERS)
 def test_sigterm_drains_background_tasks_then_cancels_the_late(live_server, tmp_path, worker):
-    server = start_served(live_server, tmp_path, worker, "--graceful-timeout", "4")
+    server = start_with_markers(live_server, tmp_path, "served_app:app", worker, "--graceful-timeout", "4")
     get_json(server.url + "/task/short?seconds=2")
     get_json(server.url + "/task/long?seconds=60")
     server.signal(signal.SIGTERM)
@@ -160,9 +118,18 @@ def test_sigterm_drains_background_tasks_then_cancels_the_late(live_server, tmp_
     assert [event[0] for event in serving_events(server)] == ["before", "after"]
 
 
+def test_patch_alone_drains_at_exit_under_k_gevent(live_server, tmp_path):
+    # No GeventFlask extension: only the atexit hook of patch() waits.
+    server = start_with_markers(live_server, tmp_path, "plain_app:app", "gevent")
+    get_json(server.url + "/task/pending?seconds=2")
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == 0
+    assert (server.markers / "done-pending").exists(), server.log()
+
+
 @pytest.mark.parametrize("worker", WORKERS)
 def test_sighup_drains_the_old_workers_tasks(live_server, tmp_path, worker):
-    server = start_served(live_server, tmp_path, worker)
+    server = start_with_markers(live_server, tmp_path, "served_app:app", worker)
     old_pid = get_json(server.url + "/pid")["pid"]
     get_json(server.url + "/task/hup?seconds=1.5")
     server.signal(signal.SIGHUP)
@@ -172,25 +139,11 @@ def test_sighup_drains_the_old_workers_tasks(live_server, tmp_path, worker):
 @pytest.mark.parametrize("worker", WORKERS)
 def test_max_requests_recycling_drains(live_server, tmp_path, worker):
     # The readiness probe was request 1; /pid, /task and /pid make 4.
-    server = start_served(
-        live_server, tmp_path, worker, "--max-requests", "4", "--max-requests-jitter", "0"
+    server = start_with_markers(
+        live_server, tmp_path, "served_app:app", worker,
+        "--max-requests", "4", "--max-requests-jitter", "0",
     )
     old_pid = get_json(server.url + "/pid")["pid"]
     get_json(server.url + "/task/recycle?seconds=1.5")
     get_json(server.url + "/pid")
     assert_replaced_after_drain(server, old_pid, "recycle")
-
-
-@pytest.mark.parametrize("worker", WORKERS)
-def test_serving_hooks_run_once_per_worker_after_fork(live_server, tmp_path, worker):
-    server = start_served(live_server, tmp_path, worker, "--workers", "2")
-    wait_until(lambda: len(serving_events(server)) == 2, what="two before_serving runs")
-    master = str(server.proc.pid)
-    started = serving_events(server)
-    assert [e[0] for e in started] == ["before", "before"]
-    assert len({e[1] for e in started}) == 2
-    assert all(e[1] != master and e[2] == master for e in started)
-    server.signal(signal.SIGTERM)
-    assert server.wait(20) == 0
-    events = serving_events(server)
-    assert sorted(events) == sorted(started + [["after", e[1], master] for e in started])

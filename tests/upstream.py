@@ -13,6 +13,11 @@ until killed.
 
 The client helpers run in the (gevent-patched) test process: concurrent
 requests go out from greenlets.
+
+Test modules load this file as a plugin (``pytest_plugins = ["upstream"]``),
+so the session fixtures are shared, and import helpers from it first; pytest
+would warn that it cannot rewrite asserts here, so it is told not to:
+PYTEST_DONT_REWRITE.
 """
 
 import asyncio
@@ -107,14 +112,57 @@ class Upstream:
         self.proc.stdout.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def upstream():
-    """One upstream server per test module; reset it before use."""
+    """One upstream server for the test run; reset it before counting."""
     server = Upstream()
     try:
         yield server
     finally:
         server.stop()
+
+
+WORKERS = ["gevent", "geventflask.GeventWorker"]
+
+
+@pytest.fixture(scope="session", params=WORKERS)
+def served(request, tmp_path_factory, upstream):
+    """``live_apps/served_app.py`` on one worker of each class, shared by the
+    tests that leave it running (the stop tests start their own)."""
+    from conftest import LiveServer
+
+    markers = tmp_path_factory.mktemp("markers")
+    server = LiveServer(
+        "served_app:app",
+        request.param,
+        args=["--worker-connections", "1000"],
+        env={"MARKER_DIR": str(markers), "UPSTREAM_URL": upstream.url},
+    )
+    server.markers = markers
+    with open(markers.parent / f"{markers.name}.log", "w+") as log_file:
+        server.start(log_file)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def start_with_markers(live_server, tmp_path, app, worker, *args):
+    """A server of the test's own (for a test that stops it), with a
+    ``markers`` directory for what must outlive the worker."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    server = live_server(app, worker_class=worker, args=args, env={"MARKER_DIR": str(markers)})
+    server.markers = markers
+    return server
+
+
+def serving_events(server):
+    """The lines of served_app's ``serving.log``, split: [event, pid, ppid]."""
+    path = server.markers / "serving.log"
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines()]
 
 
 def get(url, **kwargs):

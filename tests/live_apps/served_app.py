@@ -2,8 +2,8 @@
 
 Everything a test must see after the worker is gone goes to files under
 ``MARKER_DIR``: ``serving.log`` gets one line per before/after-serving hook
-run (with the pid), and each background task leaves ``done-<name>`` when it
-finishes and ``finally-<name>`` when its ``finally`` block runs.
+run (with the pid and parent pid), and background tasks leave markers
+(:mod:`marker_tasks`).
 """
 
 import geventflask
@@ -12,16 +12,16 @@ geventflask.patch()
 
 import asyncio  # noqa: E402
 import os  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import aiohttp  # noqa: E402
 from flask import Flask, g, request  # noqa: E402
+from marker_tasks import MARKERS, add_task_route  # noqa: E402
 
-MARKERS = Path(os.environ["MARKER_DIR"])
 UPSTREAM_URL = os.environ.get("UPSTREAM_URL", "")
 
 app = Flask(__name__)
 lifecycle = geventflask.GeventFlask(app)
+add_task_route(app)
 
 #: Shared by every request of the worker; created by the first one that needs it.
 session: aiohttp.ClientSession | None = None
@@ -96,21 +96,6 @@ def sync_asyncio_run():
     return {"leak": leak, "own_loop": own_loop}
 
 
-@app.route("/task/<name>")
-async def task(name):
-    seconds = request.args.get("seconds", 0.5, type=float)
-
-    async def work():
-        try:
-            await asyncio.sleep(seconds)
-            (MARKERS / f"done-{name}").touch()
-        finally:
-            (MARKERS / f"finally-{name}").touch()
-
-    asyncio.create_task(work(), name=f"marker-task-{name}")
-    return {"started": name}
-
-
 @app.route("/failing-task")
 async def failing_task():
     async def fail():
@@ -167,6 +152,18 @@ async def hooks():
 @app.route("/last-teardown")
 def last_teardown():
     return {"order": teardowns[-1] if teardowns else None}
+
+
+@app.route("/asyncio-error")
+async def asyncio_error():
+    # A failing loop callback goes to the loop's exception handler, which
+    # logs through the "asyncio" logger.
+    asyncio.get_running_loop().call_soon(_fail_in_callback)
+    return {"scheduled": True}
+
+
+def _fail_in_callback():
+    raise ZeroDivisionError("failed in a loop callback")
 
 
 @app.route("/boom")
