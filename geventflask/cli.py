@@ -21,14 +21,17 @@ import sys
 import typing as t
 
 import click
-from flask.cli import FlaskGroup, ScriptInfo, get_debug_flag, pass_script_info
+from flask.cli import FlaskGroup, ScriptInfo, pass_script_info
+from flask.helpers import get_debug_flag
 
 __all__ = ["install", "main", "run_command", "run_coroutine_command"]
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
-def run_coroutine_command(fn: t.Callable[..., t.Awaitable[t.Any]]) -> t.Callable[..., t.Any]:
+def run_coroutine_command(
+    fn: t.Callable[..., t.Awaitable[t.Any]],
+) -> t.Callable[..., t.Any]:
     """Turn an ``async def`` command callback into the sync one click calls.
 
     The coroutine runs on the shared hub loop (:func:`geventflask.get_loop`)
@@ -154,8 +157,10 @@ def _announce(app: t.Any, debugger: bool, reload: bool) -> t.Callable[[t.Any], N
     def ready(server: t.Any) -> None:
         host, port = server.address[:2]
         click.echo(f" * Serving Flask app '{app.name}' on gevent.pywsgi (geventflask)")
-        click.echo(f" * Debugger is {'on' if debugger else 'off'};"
-                   f" reloader is {'on' if reload else 'off'}")
+        click.echo(
+            f" * Debugger is {'on' if debugger else 'off'};"
+            f" reloader is {'on' if reload else 'off'}"
+        )
         click.echo(f" * Running on http://{host}:{port}/ (Press CTRL+C to quit)")
 
     return ready
@@ -170,11 +175,13 @@ def _announce(app: t.Any, debugger: bool, reload: bool) -> t.Callable[[t.Any], N
 @click.option("--host", "-h", default="127.0.0.1", show_default=True)
 @click.option("--port", "-p", default=5000, type=int, show_default=True)
 @click.option(
-    "--reload/--no-reload", default=None,
+    "--reload/--no-reload",
+    default=None,
     help="Restart when a source file changes. Default: on with --debug.",
 )
 @click.option(
-    "--debugger/--no-debugger", default=None,
+    "--debugger/--no-debugger",
+    default=None,
     help="Show Werkzeug's interactive debugger on errors. Default: on with --debug.",
 )
 @pass_script_info
@@ -195,8 +202,9 @@ def run_command(
 
     def serve_app() -> None:
         app = info.load_app()
-        serve(app, host, port, debugger=debugger,
-              ready=_announce(app, debugger, reload))
+        serve(
+            app, host, port, debugger=debugger, ready=_announce(app, debugger, reload)
+        )
 
     if reload:
         # Werkzeug's reloader (run_simple's, without its threaded server): the
@@ -225,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     _patch_late()
     group = FlaskGroup(
         name="geventflask",
-        help="Flask's command line, gevent-patched, with 'run' serving on gevent.pywsgi.",
+        help="Flask's command line, gevent-patched; 'run' serves on gevent.pywsgi.",
     )
     group.add_command(run_command)
-    group.main(args=argv, prog_name=f"{os.path.basename(sys.executable)} -m geventflask")
+    group.main(
+        args=argv, prog_name=f"{os.path.basename(sys.executable)} -m geventflask"
+    )

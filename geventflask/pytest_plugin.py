@@ -90,17 +90,23 @@ _mode_key = pytest.StashKey[str]()
 
 
 def _on_hub_loop(node: pytest.Item | t.Any, config: pytest.Config) -> bool:
-    return config.stash[_mode_key] == "auto" or node.get_closest_marker(MARKER) is not None
+    return (
+        config.stash[_mode_key] == "auto" or node.get_closest_marker(MARKER) is not None
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     test = pyfuncitem.obj
-    if not inspect.iscoroutinefunction(test) or not _on_hub_loop(pyfuncitem, pyfuncitem.config):
+    if not inspect.iscoroutinefunction(test) or not _on_hub_loop(
+        pyfuncitem, pyfuncitem.config
+    ):
         return None
     from .bridge import await_
 
-    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    arguments = {
+        name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames
+    }
     await_(test(**arguments), name=pyfuncitem.nodeid)
     return True
 
@@ -110,16 +116,18 @@ def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[t.Any], request: pytest.FixtureRequest
 ) -> t.Generator[None, t.Any, t.Any]:
     fixture = fixturedef.func
-    is_async = inspect.iscoroutinefunction(fixture) or inspect.isasyncgenfunction(fixture)
+    is_async = inspect.iscoroutinefunction(fixture) or inspect.isasyncgenfunction(
+        fixture
+    )
     if not is_async or not _on_hub_loop(request.node, request.config):
         return (yield)
     # pytest runs sync functions and generators only: hand it one that
     # drives the async fixture on the hub loop, for this setup only.
-    fixturedef.func = _driven_on_hub_loop(fixture)  # type: ignore[assignment]
+    fixturedef.func = _driven_on_hub_loop(fixture)  # type: ignore[misc]
     try:
         return (yield)
     finally:
-        fixturedef.func = fixture
+        fixturedef.func = fixture  # type: ignore[misc]
 
 
 def _driven_on_hub_loop(fixture: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
@@ -163,14 +171,18 @@ async def background_tasks_done(timeout: float = 10.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while True:
-        pending = {task for task in loop.background_tasks if task is not asyncio.current_task()}
+        pending = {
+            task for task in loop.background_tasks if task is not asyncio.current_task()
+        }
         pending = {task for task in pending if not task.done()}
         if not pending:
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             names = ", ".join(sorted(task.get_name() for task in pending))
-            raise TimeoutError(f"Background tasks still running after {timeout} s: {names}")
+            raise TimeoutError(
+                f"Background tasks still running after {timeout} s: {names}"
+            )
         await asyncio.wait(pending, timeout=remaining)
 
 
@@ -208,10 +220,15 @@ class GunicornServer:
         self.log_path = log_path
         fd = self._listener.fileno()
         command = [
-            sys.executable, "-m", "gunicorn",
-            "-b", f"fd://{fd}",
-            "-k", worker_class,
-            "--workers", "1",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-b",
+            f"fd://{fd}",
+            "-k",
+            worker_class,
+            "--workers",
+            "1",
             *_control_socket_off(),
             *args,
             app,
@@ -235,7 +252,9 @@ class GunicornServer:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(
+                    f"gunicorn exited with {self.process.returncode}:\n{self.log()}"
+                )
             try:
                 urllib.request.urlopen(self.url + path, timeout=5).close()
                 return
@@ -245,7 +264,8 @@ class GunicornServer:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(
-                        f"gunicorn did not answer GET {path} in {timeout} s:\n{self.log()}"
+                        f"gunicorn did not answer GET {path} in {timeout} s:\n"
+                        + self.log()
                     ) from None
                 time.sleep(0.05)
 
@@ -287,8 +307,9 @@ def geventflask_server(
     """
     servers: list[GunicornServer] = []
 
-    def start(app: str, *, ready_path: str = "/", timeout: float = 30.0,
-              **options: t.Any) -> GunicornServer:
+    def start(
+        app: str, *, ready_path: str = "/", timeout: float = 30.0, **options: t.Any
+    ) -> GunicornServer:
         log_path = tmp_path_factory.mktemp("gunicorn") / "server.log"
         server = GunicornServer(app, log_path=log_path, **options)
         servers.append(server)

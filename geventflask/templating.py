@@ -52,7 +52,7 @@ async def render_template_async(
 
     .. versionadded:: 0.1
     """
-    app = current_app._get_current_object()
+    app = t.cast(t.Any, current_app)._get_current_object()
     template = async_environment(app).get_or_select_template(template_name_or_list)
     return await _render(app, template, context)
 
@@ -62,7 +62,7 @@ async def render_template_string_async(source: str, **context: t.Any) -> str:
 
     .. versionadded:: 0.1
     """
-    app = current_app._get_current_object()
+    app = t.cast(t.Any, current_app)._get_current_object()
     template = async_environment(app).from_string(source)
     return await _render(app, template, context)
 

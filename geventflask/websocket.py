@@ -24,6 +24,7 @@ import collections
 import inspect
 import logging
 import socket
+import sys
 import time
 import typing as t
 import urllib.parse
@@ -204,10 +205,13 @@ class _Connection:
                 return False
         return True
 
-    def _collect(self, event: Message) -> None:
+    def _collect(self, event: Message[t.Any]) -> None:
         self._parts.append(event.data)
         self._part_size += len(event.data)
-        if self._max_message_size is not None and self._part_size > self._max_message_size:
+        if (
+            self._max_message_size is not None
+            and self._part_size > self._max_message_size
+        ):
             self._parts.clear()
             self.close(MESSAGE_TOO_BIG, "message too big")
             return
@@ -231,7 +235,7 @@ class _Connection:
 
     def send_message(self, data: str | bytes) -> None:
         if isinstance(data, str):
-            event: Message = TextMessage(data=data)
+            event: Message[t.Any] = TextMessage(data=data)
         elif isinstance(data, (bytes, bytearray, memoryview)):
             event = BytesMessage(data=bytes(data))
         else:
@@ -474,7 +478,9 @@ class Sock:
 
     def __init__(self, app: t.Any = None) -> None:
         self.app: t.Any = None
-        self._deferred: list[tuple[str, str, t.Callable[..., t.Any], dict[str, t.Any]]] = []
+        self._deferred: list[
+            tuple[str, str, t.Callable[..., t.Any], dict[str, t.Any]]
+        ] = []
         if app is not None:
             self.init_app(app)
 
@@ -547,7 +553,9 @@ def _make_view(
         sock = _socket_of(environ)
         protocol = WSConnection(ConnectionType.SERVER)
         try:
-            protocol.initiate_upgrade_connection(_headers_of(environ), _target_of(environ))
+            protocol.initiate_upgrade_connection(
+                _headers_of(environ), _target_of(environ)
+            )
             offer = next(protocol.events())
         except RemoteProtocolError as exc:
             hint = exc.event_hint
@@ -562,7 +570,9 @@ def _make_view(
         subprotocol = next((p for p in subprotocols if p in offer.subprotocols), None)
         sock.sendall(
             protocol.send(
-                AcceptConnection(subprotocol=subprotocol, extensions=[PerMessageDeflate()])
+                AcceptConnection(
+                    subprotocol=subprotocol, extensions=[PerMessageDeflate()]
+                )
             )
         )
         config = current_app.config
@@ -575,13 +585,16 @@ def _make_view(
         code, reason = NORMAL_CLOSURE, ""
         try:
             if is_async:
-                await_(handler(AsyncWebSocket(connection, subprotocol), **url_values), name=name)
+                await_(
+                    handler(AsyncWebSocket(connection, subprotocol), **url_values),
+                    name=name,
+                )
             else:
                 handler(WebSocket(connection, subprotocol), **url_values)
         except ConnectionClosed as exc:
             logger.debug("WebSocket %s closed (%s)", request.path, exc.code)
-        except Exception as exc:  # the 101 is sent: no error page can follow
-            current_app.log_exception((type(exc), exc, exc.__traceback__))
+        except Exception:  # the 101 is sent: no error page can follow
+            current_app.log_exception(sys.exc_info())
             code, reason = INTERNAL_ERROR, "internal error"
         finally:
             connection.finish(code, reason)
@@ -609,7 +622,7 @@ class _TakenOver(Response):
     """What a WebSocket view returns: the connection was answered and shut
     down already, so the server must write nothing more on it."""
 
-    def __call__(self, environ: t.Any, start_response: t.Any) -> t.Any:  # type: ignore[override]
+    def __call__(self, environ: t.Any, start_response: t.Any) -> t.Any:
         if "gunicorn.socket" in environ:
             # gunicorn's async workers (gevent) skip writing a response for
             # this marker; the shut-down socket then ends its keep-alive loop.
@@ -650,5 +663,7 @@ def _headers_of(environ: t.Any) -> list[tuple[bytes, bytes]]:
 
 def _target_of(environ: t.Any) -> bytes:
     path = urllib.parse.quote(environ.get("PATH_INFO", "/").encode("latin-1")) or "/"
-    query = urllib.parse.quote(environ.get("QUERY_STRING", "").encode("latin-1"), safe="=&%+")
+    query = urllib.parse.quote(
+        environ.get("QUERY_STRING", "").encode("latin-1"), safe="=&%+"
+    )
     return (f"{path}?{query}" if query else path).encode("ascii")

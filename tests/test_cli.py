@@ -14,12 +14,11 @@ import urllib.request
 import aiohttp
 import click
 import pytest
+from conftest import LIVE_APPS, ROOT, free_port
 from flask import Blueprint, Flask, current_app, g
 
 import geventflask
 from geventflask import cli
-
-from conftest import LIVE_APPS, ROOT, free_port
 
 geventflask.patch()
 cli.install()
@@ -36,7 +35,10 @@ def app():
         await asyncio.sleep(0.01)
         g.seen = "g works"
         same_loop = asyncio.get_running_loop() is geventflask.get_loop()
-        click.echo(f"{current_app.config['GREETING']} {name}; {g.seen}; shared loop {same_loop}")
+        click.echo(
+            f"{current_app.config['GREETING']} {name}; {g.seen};"
+            f" shared loop {same_loop}"
+        )
 
     @app.cli.command("fail")
     async def fail():
@@ -97,7 +99,10 @@ def env_with_paths(**extra):
 def test_async_command_in_a_real_process(command):
     result = subprocess.run(
         [*command, "--app", "cli_async_command", "fetch-greeting", "--name", "Ada"],
-        env=env_with_paths(), capture_output=True, text=True, timeout=60,
+        env=env_with_paths(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert (result.returncode, result.stdout) == (0, "Hello, Ada!\n"), result.stderr
 
@@ -111,9 +116,21 @@ class DevServer:
         self.log_path = tmp_path / "dev-server.log"
         self.log_file = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "geventflask", *options, "run", app, "--port", str(self.port)],
-            cwd=cwd or tmp_path, env=env_with_paths(**(env or {})),
-            stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "geventflask",
+                *options,
+                "run",
+                app,
+                "--port",
+                str(self.port),
+            ],
+            cwd=cwd or tmp_path,
+            env=env_with_paths(**(env or {})),
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def get(self, path, timeout=20.0):
@@ -127,7 +144,9 @@ class DevServer:
                 return error.code, error.read().decode()
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"dev server did not answer:\n{self.log()}") from None
+                    raise RuntimeError(
+                        f"dev server did not answer:\n{self.log()}"
+                    ) from None
                 time.sleep(0.1)
 
     def log(self):
@@ -170,13 +189,18 @@ async def echo_over_websocket(url, count):
     return count
 
 
-def test_dev_server_serves_async_views_websockets_and_drains_on_sigterm(dev_server, tmp_path):
+def test_dev_server_serves_async_views_websockets_and_drains_on_sigterm(
+    dev_server, tmp_path
+):
     done_file = tmp_path / "done"
     server = dev_server("cli_dev_app:app", env={"DONE_FILE": str(done_file)})
     status, body = server.get("/")
     assert status == 200 and json.loads(body)["version"] == 1
     assert json.loads(server.get("/nodelay")[1]) == {"nodelay": True}
-    assert asyncio.run(echo_over_websocket(server.url.replace("http", "ws") + "/echo", 50)) == 50
+    assert (
+        asyncio.run(echo_over_websocket(server.url.replace("http", "ws") + "/echo", 50))
+        == 50
+    )
     assert server.get("/later") == (200, "started")
 
     async def stop_while_connected():
@@ -202,7 +226,9 @@ def test_dev_server_debugger_and_reloader(dev_server, tmp_path):
     assert status == 500
     assert "Werkzeug Debugger" in page and "exploded on purpose" in page
     source = (tmp_path / "reloading_app.py").read_text()
-    (tmp_path / "reloading_app.py").write_text(source.replace("VERSION = 1", "VERSION = 2"))
+    (tmp_path / "reloading_app.py").write_text(
+        source.replace("VERSION = 1", "VERSION = 2")
+    )
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -5,7 +5,6 @@ import os
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 pytest_plugins = ["pytester"]
@@ -73,7 +72,9 @@ def test_auto_mode_from_the_command_line_or_ini(tester):
     tester.makeini("[pytest]\ngeventflask_mode = sometimes\n")
     result = run(tester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*geventflask_mode is 'sometimes'; set it to 'strict' or 'auto'*"])
+    result.stderr.fnmatch_lines(
+        ["*geventflask_mode is 'sometimes'; set it to 'strict' or 'auto'*"]
+    )
 
 
 def test_async_fixtures_of_marked_tests_run_on_the_hub_loop(tester):
@@ -96,7 +97,8 @@ def test_async_fixtures_of_marked_tests_run_on_the_hub_loop(tester):
 
         @pytest.fixture
         async def resource(number):
-            EVENTS.append(("setup", asyncio.get_running_loop() is geventflask.get_loop()))
+            on_hub_loop = asyncio.get_running_loop() is geventflask.get_loop()
+            EVENTS.append(("setup", on_hub_loop))
             yield number + 1
             await asyncio.sleep(0)
             EVENTS.append("teardown")
@@ -123,7 +125,10 @@ def test_waiting_for_background_tasks(tester):
         from flask import Flask
 
         import geventflask
-        from geventflask.pytest_plugin import background_tasks_done, wait_for_background_tasks
+        from geventflask.pytest_plugin import (
+            background_tasks_done,
+            wait_for_background_tasks,
+        )
 
         app = Flask(__name__)
         DONE = []
@@ -231,14 +236,24 @@ def test_console_entry_patches_before_ssl_is_imported(pytester, monkeypatch):
     entry = "from geventflask.__main__ import run_pytest; run_pytest()"
     # -W error: a patch() that came after 'import ssl' would warn, and fail.
     result = pytester.run(
-        sys.executable, "-W", "error::RuntimeWarning", "-c", entry, *plugin_args(), timeout=120
+        sys.executable,
+        "-W",
+        "error::RuntimeWarning",
+        "-c",
+        entry,
+        *plugin_args(),
+        timeout=120,
     )
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*1 passed*"])
     late = pytester.run(
-        sys.executable, "-W", "error::RuntimeWarning", "-c", "import ssl; " + entry,
-        *plugin_args(), timeout=120,
+        sys.executable,
+        "-W",
+        "error::RuntimeWarning",
+        "-c",
+        "import ssl; " + entry,
+        *plugin_args(),
+        timeout=120,
     )
     assert late.ret != 0
     late.stderr.fnmatch_lines(["*after 'ssl' was imported*"])
-

@@ -33,8 +33,12 @@ async def count_up(limit):
 
 @pytest.fixture
 def app(tmp_path):
-    for name, source in {"layout.html": LAYOUT, "page.html": PAGE, "footer.html": FOOTER,
-                         "plain.html": "plain {{ name }}"}.items():
+    for name, source in {
+        "layout.html": LAYOUT,
+        "page.html": PAGE,
+        "footer.html": FOOTER,
+        "plain.html": "plain {{ name }}",
+    }.items():
         (tmp_path / name).write_text(source)
     app = Flask(__name__, template_folder=str(tmp_path))
 
@@ -70,9 +74,7 @@ def test_template_awaits_coroutines_and_async_iterators(app):
     ):
         response = app.test_client().get("/page")
     assert response.status_code == 200
-    assert response.text == (
-        "<title>Example</title>hello ada:0,1,2,\n[/page|ADA]"
-    )
+    assert response.text == ("<title>Example</title>hello ada:0,1,2,\n[/page|ADA]")
     assert rendered == ["page.html"]
 
 

@@ -73,7 +73,11 @@ def test_50_concurrent_clients_on_one_worker(live_server):
             )
 
     assert run(main()) == [20] * 50
-    wait_for(lambda: get_json(server.url + "/ended") == {"sync": 25, "async": 25, "loop": True})
+    wait_for(
+        lambda: (
+            get_json(server.url + "/ended") == {"sync": 25, "async": 25, "loop": True}
+        )
+    )
     assert "Traceback" not in server.log()
 
 
@@ -180,11 +184,20 @@ UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
 
 def test_bad_handshake_gets_400_and_plain_get_too(live_server):
     server = live_server("ws_app:app")
-    status, _, body = raw_request(server.port, {**UPGRADE, "Sec-WebSocket-Version": "13"})
-    assert (status, body) == (400, "Bad WebSocket handshake: Missing header, 'Sec-WebSocket-Key'\n")
+    status, _, body = raw_request(
+        server.port, {**UPGRADE, "Sec-WebSocket-Version": "13"}
+    )
+    assert (status, body) == (
+        400,
+        "Bad WebSocket handshake: Missing header, 'Sec-WebSocket-Key'\n",
+    )
     status, headers, _ = raw_request(
         server.port,
-        {**UPGRADE, "Sec-WebSocket-Version": "8", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+        {
+            **UPGRADE,
+            "Sec-WebSocket-Version": "8",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
     )
     assert (status, headers["Sec-WebSocket-Version"]) == (426, "13")
     status, _, _ = raw_request(server.port, {})
@@ -204,6 +217,8 @@ def test_client_vanishing_ends_the_handler_quietly(live_server):
                 ws._response.connection.transport.abort()
 
     run(main())
-    wait_for(lambda: get_json(server.url + "/ended") == {"sync": 1, "async": 1, "loop": True})
+    wait_for(
+        lambda: get_json(server.url + "/ended") == {"sync": 1, "async": 1, "loop": True}
+    )
     log = server.log()
     assert not [word for word in NOISE if word in log], log
