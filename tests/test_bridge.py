@@ -13,6 +13,7 @@ import types
 import typing as t
 
 import gevent
+import gevent.event
 import greenlet
 import pytest
 from gevent.monkey import get_original
@@ -284,8 +285,10 @@ def test_a_greenlet_woken_after_a_timeout_is_not_resumed_by_the_task():
             await_(until_told())
     get_loop().call_soon_threadsafe(finish.set)
     started = time.monotonic()
+    # A stray wake-up would end this sleep early (gevent may also raise
+    # InvalidSwitchError for it).
     gevent.sleep(0.2)
-    assert time.monotonic() - started >= 0.19
+    assert time.monotonic() - started >= 0.15
 
 
 def test_system_exit_reaches_the_caller_and_the_loop_goes_on():
@@ -406,14 +409,14 @@ def test_sync_to_async_greenlet_sleeping_does_not_stall_the_loop():
 
 
 def test_sync_to_async_calls_run_concurrently():
-    async def five_sleepers():
+    async def ten_sleepers():
         nap = sync_to_async(time.sleep)
-        await asyncio.gather(*(nap(0.5) for _ in range(5)))
+        await asyncio.gather(*(nap(0.5) for _ in range(10)))
 
     started = time.monotonic()
-    await_(five_sleepers())
-    # In sequence: 2.5 s.
-    assert time.monotonic() - started < 2.0
+    await_(ten_sleepers())
+    # In sequence: 5 s.
+    assert time.monotonic() - started < 4.0
 
 
 def test_sync_to_async_greenlet_sees_no_running_loop():

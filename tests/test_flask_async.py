@@ -14,6 +14,7 @@ import asyncio
 import contextvars
 
 import gevent
+import gevent.event
 import pytest
 from flask import (
     Blueprint,
@@ -385,8 +386,11 @@ def test_every_request_runs_on_the_one_shared_loop():
 def test_sync_views_see_no_running_loop_and_may_run_their_own():
     app = Flask(__name__)
 
+    in_flight = gevent.event.Event()
+
     @app.route("/async")
     async def async_view():
+        in_flight.set()
         await asyncio.sleep(0.3)
         return "slow"
 
@@ -401,7 +405,7 @@ def test_sync_views_see_no_running_loop_and_may_run_their_own():
         return {"leaked": leaked, "ran": asyncio.run(asyncio.sleep(0, result=7))}
 
     slow = gevent.spawn(app.test_client().get, "/async")
-    gevent.sleep(0.05)  # the async view is mid-flight now
+    assert in_flight.wait(5)
     assert app.test_client().get("/sync").get_json() == {"leaked": False, "ran": 7}
     assert slow.get(timeout=10).get_data() == b"slow"
 
@@ -449,21 +453,20 @@ def test_async_template_context_processor():
 
 def test_copy_current_request_context_runs_an_async_function_later():
     app = Flask(__name__)
-    results = []
+    spawned = []
 
     @app.route("/<name>")
     def view(name):
         @copy_current_request_context
         async def later():
             await asyncio.sleep(0)
-            results.append(request.view_args["name"])
+            return request.view_args["name"]
 
-        gevent.spawn(later)
+        spawned.append(gevent.spawn(later))
         return "scheduled"
 
     assert app.test_client().get("/job").get_data() == b"scheduled"
-    gevent.sleep(0.2)
-    assert results == ["job"]
+    assert spawned[0].get(timeout=5) == "job"
 
 
 def test_background_task_outlives_the_response():
@@ -481,3 +484,22 @@ def test_background_task_outlives_the_response():
 
     assert app.test_client().get("/").get_data() == b"started"
     assert finished.wait(5)
+
+
+def test_await_inside_an_async_view_fails_fast_with_the_fix():
+    app = Flask(__name__)
+
+    def sync_helper():
+        return geventflask.await_(asyncio.sleep(0, result="never"))
+
+    @app.route("/")
+    async def view():
+        return sync_helper()
+
+    @app.errorhandler(500)
+    def report(error):
+        return str(error.original_exception), 500
+
+    response = app.test_client().get("/")
+    assert response.status_code == 500
+    assert "use 'await' instead" in response.get_data(as_text=True)
