@@ -243,9 +243,7 @@ def sync_to_async(
 ) -> t.Callable[[t.Callable[P, T]], t.Callable[P, t.Coroutine[t.Any, t.Any, T]]]: ...
 
 
-def sync_to_async(
-    fn: t.Callable[P, T] | None = None, *, thread: bool = False
-) -> t.Any:
+def sync_to_async(fn: t.Callable[P, T] | None = None, *, thread: bool = False) -> t.Any:
     """Turn a sync function into a coroutine function that runs it aside.
 
     By default the function runs in a greenlet of its own, so gevent-blocking
@@ -273,7 +271,8 @@ def sync_to_async(
         future: asyncio.Future[T] = loop.create_future()
         hub = get_hub()
         if thread:
-            result = hub.threadpool.spawn(context.run, func, *args, **kwargs)
+            job = functools.partial(context.run, func, *args, **kwargs)
+            result = hub.threadpool.spawn(job)
             result.rawlink(functools.partial(_deliver_async_result, loop, future))
             worker = None
         else:
@@ -330,7 +329,9 @@ def _deliver(
         loop.call_soon_threadsafe(_settle, future, value, exc)
 
 
-def _settle(future: asyncio.Future[t.Any], value: t.Any, exc: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[t.Any], value: t.Any, exc: BaseException | None
+) -> None:
     if future.done():
         return
     if exc is None:

@@ -64,11 +64,12 @@ _installed = False
 
 
 def install() -> None:
-    """Make every :class:`flask.Flask` (and subclass that keeps the hook) use the hub loop."""
+    """Make every :class:`flask.Flask`, and each subclass that keeps the
+    hook, run coroutine handlers on the hub loop."""
     global _installed
     if _installed:
         return
     import flask
 
-    flask.Flask.async_to_sync = run_on_hub_loop  # type: ignore[assignment,method-assign]
+    flask.Flask.async_to_sync = run_on_hub_loop  # type: ignore[method-assign]
     _installed = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import types
 import typing as t
 import warnings
 
@@ -81,7 +82,9 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
 
     from gevent import monkey
 
-    if not (monkey.is_module_patched("socket") and monkey.is_module_patched("threading")):
+    if not (
+        monkey.is_module_patched("socket") and monkey.is_module_patched("threading")
+    ):
         monkey.patch_all(**patch_all_kwargs)
 
     import asyncio
@@ -162,7 +165,7 @@ def _in_gunicorn_master() -> bool:
     if arbiter is None:
         return False
     base = sys.modules.get("gunicorn.workers.base")
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     in_arbiter = False
     while frame is not None:
         owner = frame.f_locals.get("self")

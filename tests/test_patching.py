@@ -11,7 +11,6 @@ import textwrap
 
 import pytest
 import requests
-
 from conftest import ROOT
 
 #: Printed by every snippet before its JSON result, so noise is ignored.
@@ -51,7 +50,7 @@ def run_snippet(code):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
     assert lines, f"no result printed:\n{done.stdout}\n{done.stderr}"
-    return json.loads(lines[-1][len(RESULT):])
+    return json.loads(lines[-1][len(RESULT) :])
 
 
 def test_patch_is_idempotent_and_reported():
@@ -240,7 +239,7 @@ def test_does_not_warn_about_ssl_in_a_worker():
     assert result == {"warnings": [], "patched": True}
 
 
-PRELOADED_APP = '''
+PRELOADED_APP = """
 import asyncio
 
 import geventflask
@@ -267,15 +266,13 @@ async def async_view():
         "patched_now": geventflask.is_patched(),
         "shared_hub_loop": loop is geventflask.get_loop(),
     }
-'''
+"""
 
 
 @pytest.mark.live_server
 @pytest.mark.parametrize("worker_class", ["gevent", "geventflask.GeventWorker"])
 @pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
-def test_patch_at_the_top_of_a_served_app(
-    live_server, tmp_path, worker_class, preload
-):
+def test_patch_at_the_top_of_a_served_app(live_server, tmp_path, worker_class, preload):
     (tmp_path / "patched_app.py").write_text(PRELOADED_APP)
     args = ["--pythonpath", str(tmp_path)] + (["--preload"] if preload else [])
     server = live_server("patched_app:app", worker_class=worker_class, args=args)
