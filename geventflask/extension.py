@@ -32,8 +32,9 @@ H = t.TypeVar("H", bound=Hook)
 
 #: Config keys and their defaults.
 DEFAULTS: dict[str, t.Any] = {
-    # Seconds a stopping worker waits for background tasks before cancelling
-    # them when no gunicorn graceful_timeout applies (plain -k gevent exit).
+    # Seconds a stopping process waits for background tasks before cancelling
+    # them when no gunicorn graceful_timeout applies: another server, or
+    # -k gevent with patch() alone (no extension to find the worker).
     "GEVENTFLASK_SHUTDOWN_TIMEOUT": 30.0,
     # Run before_serving hooks before the first request when no
     # GeventWorker ran them at startup.

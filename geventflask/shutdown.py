@@ -33,13 +33,17 @@ CANCEL_GRACE = 1.0
 RESERVE = 2.0
 
 
-def drain(timeout: float, cancel_grace: float = CANCEL_GRACE) -> list[str]:
+def drain(
+    timeout: float, cancel_grace: float = CANCEL_GRACE, *, why: str | None = None
+) -> list[str]:
     """Wait up to *timeout* seconds for background tasks; cancel what is left.
 
     Call from a sync greenlet. Cancelled tasks get up to *cancel_grace*
-    seconds to finish their ``finally`` blocks. Returns the names of the
-    cancelled tasks.
+    seconds to finish their ``finally`` blocks; each is logged with *why* it
+    was cancelled. Returns the names of the cancelled tasks.
     """
+    if why is None:
+        why = f"still running after the {timeout:.1f} s shutdown timeout"
     loop = shared_loop_if_running()
     if loop is None:
         return []
@@ -55,12 +59,7 @@ def drain(timeout: float, cancel_grace: float = CANCEL_GRACE) -> list[str]:
         return []
     names = sorted(task.get_name() for task in leftover)
     for task in leftover:
-        logger.warning(
-            "Cancelling background task %s: still running after the %.1f s"
-            " shutdown timeout",
-            task.get_name(),
-            timeout,
-        )
+        logger.warning("Cancelling background task %s: %s", task.get_name(), why)
         task.cancel()
     await_(_wait(set(leftover), cancel_grace), name="geventflask-cancel")
     return names
@@ -74,9 +73,12 @@ async def _wait(tasks: set[asyncio.Task[t.Any]], timeout: float) -> None:
 _shut_down = False
 
 
-def shut_down(time_left: float) -> None:
+def shut_down(time_left: float, *, quick: bool = False) -> None:
     """Drain background tasks, then run the ``after_serving`` hooks, all
     within *time_left* seconds (the time before the worker gets killed).
+
+    A *quick* stop (gunicorn's SIGINT or SIGQUIT: Ctrl-C) waits for no
+    task: they are cancelled at once.
 
     Runs once per process: when the worker stops serving, or at interpreter
     exit otherwise.
@@ -89,21 +91,29 @@ def shut_down(time_left: float) -> None:
 
     time_left = max(0.0, time_left)
     reserve = min(RESERVE, time_left / 4)
+    cancel_grace = min(CANCEL_GRACE, reserve / 2)
     try:
-        drain(time_left - reserve, cancel_grace=min(CANCEL_GRACE, reserve / 2))
+        if quick:
+            drain(0.0, cancel_grace, why="the worker is stopping quickly (SIGINT or SIGQUIT)")
+        else:
+            drain(time_left - reserve, cancel_grace)
     finally:
         stop_all()
 
 
-#: Seconds left before the worker gets killed, when the worker layer knows.
+#: Seconds left before the worker gets killed, and whether the stop is a
+#: quick one, when the worker layer knows.
 _time_left: t.Callable[[], float] | None = None
+_quick: t.Callable[[], bool] = bool
 
 
-def use_deadline(time_left: t.Callable[[], float]) -> None:
+def use_deadline(time_left: t.Callable[[], float], quick: t.Callable[[], bool]) -> None:
     """Make :func:`shut_down_at_exit` drain for ``time_left()`` seconds
-    rather than ``GEVENTFLASK_SHUTDOWN_TIMEOUT``."""
-    global _time_left
+    rather than ``GEVENTFLASK_SHUTDOWN_TIMEOUT``, and not at all if
+    ``quick()``."""
+    global _time_left, _quick
     _time_left = time_left
+    _quick = quick
 
 
 def shut_down_at_exit() -> None:
@@ -111,6 +121,9 @@ def shut_down_at_exit() -> None:
     from .extension import configured_shutdown_timeout
 
     try:
-        shut_down(_time_left() if _time_left else configured_shutdown_timeout())
+        if _time_left is None:
+            shut_down(configured_shutdown_timeout())
+        else:
+            shut_down(_time_left(), quick=_quick())
     except Exception:
         logger.exception("geventflask shutdown failed")

@@ -42,7 +42,10 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
     .. versionadded:: 0.1
     """
 
-    _stopping_since: float | None = None
+    #: When the worker was first told to stop (``time.monotonic()``), or None.
+    stopping_since: float | None = None
+    #: True once told to stop quickly (SIGINT or SIGQUIT): cancel, don't drain.
+    quick_stop = False
 
     @property
     def alive(self) -> bool:
@@ -52,9 +55,14 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
     def alive(self, value: bool) -> None:
         # Every way a gunicorn worker is told to stop sets alive = False;
         # the drain deadline counts from the first of them.
-        if not value and self._stopping_since is None:
-            self._stopping_since = time.monotonic()
+        if not value and self.stopping_since is None:
+            self.stopping_since = time.monotonic()
         self._alive = value
+
+    def handle_quit(self, sig: int, frame: t.Any) -> None:
+        # SIGQUIT / SIGINT: the master wants a quick stop, not a drain.
+        self.quick_stop = True
+        super().handle_quit(sig, frame)
 
     def patch(self) -> None:
         from .patching import _patch
@@ -70,12 +78,17 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
         """Serve until told to stop, then let background tasks finish for up to
         ``graceful_timeout`` seconds. Overrides must end with ``super().run()``.
         """
-        _serve_then_drain(self, super().run, lambda: self._stopping_since)
+        _serve_then_drain(self, super().run, self)
 
 
-def _serve_then_drain(
-    worker: t.Any, serve: t.Callable[[], None], stopping_since: t.Callable[[], float | None]
-) -> None:
+class _StopState(t.Protocol):
+    """How a worker was told to stop (see :class:`GeventWorker`'s attributes)."""
+
+    stopping_since: float | None
+    quick_stop: bool
+
+
+def _serve_then_drain(worker: t.Any, serve: t.Callable[[], None], stop: _StopState) -> None:
     from .extension import start_all
     from .shutdown import shut_down
 
@@ -83,8 +96,8 @@ def _serve_then_drain(
     try:
         serve()
     finally:
-        with _heartbeat(worker):
-            shut_down(_time_left(worker, stopping_since()))
+        with _Heartbeat(worker):
+            shut_down(_time_left(worker, stop.stopping_since), quick=stop.quick_stop)
 
 
 def _time_left(worker: t.Any, since: float | None) -> float:
@@ -95,7 +108,7 @@ def _time_left(worker: t.Any, since: float | None) -> float:
     return float(worker.cfg.graceful_timeout) - (time.monotonic() - since)
 
 
-class _heartbeat:
+class _Heartbeat:
     """Keep telling the master the worker is alive while it drains.
 
     After SIGHUP or ``max_requests`` the master is not stopping and kills a
@@ -157,34 +170,45 @@ def adopt(worker: t.Any) -> None:
 
     # If the worker stops before run() below gets its say (the app was
     # adopted mid-request), the atexit hook drains within the same deadline.
-    use_deadline(lambda: _time_left(worker, stop_clock.since))
+    use_deadline(
+        lambda: _time_left(worker, stop_clock.stopping_since),
+        lambda: stop_clock.quick_stop,
+    )
     if not worker.booted:
         serve = worker.run
 
         def run() -> None:
-            _serve_then_drain(worker, serve, lambda: stop_clock.since)
+            _serve_then_drain(worker, serve, stop_clock)
 
         # init_process() calls self.run() right after loading the app.
         worker.run = run
 
 
 class _StopClock:
-    """Notes when SIGTERM arrived, then lets gunicorn's handler run."""
+    """Notes when a stop signal arrived, and whether it asks for a quick
+    stop, then lets gunicorn's handler run (what :class:`GeventWorker`
+    learns from its own ``alive`` and ``handle_quit``)."""
 
-    since: float | None = None
+    stopping_since: float | None = None
+    quick_stop = False
 
     def install(self) -> None:
         try:
-            self._previous = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, self._on_term)
+            for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+                signal.signal(signum, self._chain(signum, signal.getsignal(signum)))
         except ValueError:
             pass  # not the main thread: the deadline counts from exit instead
 
-    def _on_term(self, signum: int, frame: t.Any) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-        if callable(self._previous):
-            self._previous(signum, frame)
+    def _chain(self, signum: int, previous: t.Any) -> t.Callable[[int, t.Any], None]:
+        def note(received: int, frame: t.Any) -> None:
+            if self.stopping_since is None:
+                self.stopping_since = time.monotonic()
+            if signum != signal.SIGTERM:
+                self.quick_stop = True
+            if callable(previous):
+                previous(received, frame)
+
+        return note
 
 
 def _route_logs_to(log: t.Any) -> None:

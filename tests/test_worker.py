@@ -118,6 +118,24 @@ def test_sigterm_drains_background_tasks_then_cancels_the_late(live_server, tmp_
     assert [event[0] for event in serving_events(server)] == ["before", "after"]
 
 
+@pytest.mark.parametrize("worker", WORKERS)
+def test_sigint_is_a_quick_stop_that_cancels_at_once(live_server, tmp_path, worker):
+    server = start_with_markers(
+        live_server, tmp_path, "served_app:app", worker, "--graceful-timeout", "60"
+    )
+    get_json(server.url + "/task/pending?seconds=60")
+    server.signal(signal.SIGINT)
+    # Well inside the 60 s a graceful stop would give the task.
+    assert server.wait(20) == 0
+    assert (server.markers / "finally-pending").exists(), server.log()
+    assert not (server.markers / "done-pending").exists()
+    assert in_error_log(
+        server, "WARNING", "Cancelling background task marker-task-pending: the worker"
+        " is stopping quickly",
+    )
+    assert [event[0] for event in serving_events(server)] == ["before", "after"]
+
+
 def test_patch_alone_drains_at_exit_under_k_gevent(live_server, tmp_path):
     # No GeventFlask extension: only the atexit hook of patch() waits.
     server = start_with_markers(live_server, tmp_path, "plain_app:app", "gevent")
