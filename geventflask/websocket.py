@@ -180,7 +180,9 @@ class _Connection:
                 if not self._handle_events():
                     return
         except (OSError, LocalProtocolError, RemoteProtocolError):
-            pass
+            pass  # the connection is lost: receive() reports 1006
+        except Exception:
+            logger.exception("Reading from a WebSocket failed")
         finally:
             self._mark_closed(ABNORMAL_CLOSURE, "")
 
@@ -568,13 +570,14 @@ def _make_view(
             )
         assert isinstance(offer, Request)
         subprotocol = next((p for p in subprotocols if p in offer.subprotocols), None)
-        sock.sendall(
-            protocol.send(
-                AcceptConnection(
-                    subprotocol=subprotocol, extensions=[PerMessageDeflate()]
-                )
-            )
+        accept = AcceptConnection(
+            subprotocol=subprotocol, extensions=[PerMessageDeflate()]
         )
+        try:
+            sock.sendall(protocol.send(accept))
+        except OSError:
+            logger.debug("WebSocket client %s left during the handshake", request.path)
+            return _TakenOver()
         config = current_app.config
         connection = _Connection(
             sock,

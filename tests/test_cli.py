@@ -108,24 +108,17 @@ def test_async_command_in_a_real_process(command):
 
 
 class DevServer:
-    """``python -m geventflask [--debug] run APP`` in its own process group."""
+    """``python -m geventflask [--debug] run APP`` (or another command line
+    given as *argv*) in its own process group."""
 
-    def __init__(self, tmp_path, app, *options, cwd=None, env=None):
+    def __init__(self, tmp_path, app, *options, cwd=None, env=None, argv=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / "dev-server.log"
         self.log_file = open(self.log_path, "w")
+        argv = argv or ["-m", "geventflask", *options, "run", app]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "geventflask",
-                *options,
-                "run",
-                app,
-                "--port",
-                str(self.port),
-            ],
+            [sys.executable, *argv, "--port", str(self.port)],
             cwd=cwd or tmp_path,
             env=env_with_paths(**(env or {})),
             stdout=self.log_file,
@@ -240,3 +233,27 @@ def test_dev_server_debugger_and_reloader(dev_server, tmp_path):
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.2)
     assert now["pid"] != first["pid"]
+
+
+# How the 'flask' command adds a plugin command (its flask.commands entry
+# points): by name, on a FlaskGroup, before the app is imported.
+AS_FLASK_PLUGIN = """
+from flask.cli import FlaskGroup
+from geventflask.cli import run_command
+group = FlaskGroup()
+group.add_command(run_command, "run-gevent")
+group.main()
+"""
+
+
+def test_dev_server_as_a_flask_command(dev_server):
+    argv = ["-c", AS_FLASK_PLUGIN, "--app", "cli_dev_app", "run-gevent"]
+    server = dev_server(None, argv=argv)
+    status, body = server.get("/")
+    assert status == 200 and json.loads(body)["version"] == 1
+    assert json.loads(server.get("/nodelay")[1]) == {"nodelay": True}
+    ws_url = server.url + "/echo"
+    assert asyncio.run(echo_over_websocket(ws_url, 5)) == 5
+    assert server.stop() == 0
+    log = server.log()
+    assert "Traceback" not in log and "Warning" not in log, log
