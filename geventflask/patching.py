@@ -61,15 +61,17 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
     global _patched, _deferred_to_fork
     if _patched:
         return
-    if not in_worker and _in_gunicorn_master():
+    role = _gunicorn_role()
+    if not in_worker and role == "master":
         if not _deferred_to_fork:
             warnings.warn(
-                "geventflask.patch() was called in the gunicorn master (the app"
-                " is loaded with --preload). Patching there would break the"
-                " workers' event loops, so each worker patches itself right"
-                " after fork instead; but what the app imported in the master"
-                " stays imported unpatched and may block a whole worker. To fix"
-                " this, drop --preload.",
+                "geventflask.patch() was called in the gunicorn master (as when"
+                " the app is loaded with --preload). Patching there would break"
+                " the workers' event loops, so each worker patches itself right"
+                " after fork instead; but what the master imported stays"
+                " imported unpatched and may block a whole worker. To fix this,"
+                " drop --preload, or call geventflask.patch() in a post_fork"
+                " hook.",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -78,7 +80,8 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
             )
             _deferred_to_fork = True
         return
-    _warn_if_too_late(check_ssl=not in_worker)
+    # In a worker, ssl was imported by gunicorn itself, before any app code.
+    _warn_if_too_late(check_ssl=not in_worker and role != "worker")
 
     from gevent import monkey
 
@@ -155,23 +158,28 @@ def _gevent_patched(module: str) -> bool:
     return bool(monkey is not None and monkey.is_module_patched(module))
 
 
-def _in_gunicorn_master() -> bool:
-    """True while a gunicorn arbiter (not a worker) is loading the app.
+def _gunicorn_role() -> str | None:
+    """``"master"`` while a gunicorn arbiter runs this code, ``"worker"`` in
+    a process it forked, None outside gunicorn.
 
-    The worker is forked from the arbiter, so both have arbiter frames on the
-    stack; only a worker has a Worker frame below them.
+    A worker is forked from the arbiter, so both have arbiter frames on the
+    stack. A worker has a Worker frame below them once it runs, and before
+    that (in a ``post_fork`` hook) a process id other than the arbiter's.
+    The arbiter has no ``pid`` yet while it preloads the app.
     """
     arbiter = sys.modules.get("gunicorn.arbiter")
     if arbiter is None:
-        return False
+        return None
     base = sys.modules.get("gunicorn.workers.base")
     frame: types.FrameType | None = sys._getframe(1)
-    in_arbiter = False
+    role = None
     while frame is not None:
         owner = frame.f_locals.get("self")
         if base is not None and isinstance(owner, base.Worker):
-            return False
+            return "worker"
         if isinstance(owner, arbiter.Arbiter):
-            in_arbiter = True
+            if getattr(owner, "pid", None) not in (None, os.getpid()):
+                return "worker"
+            role = "master"
         frame = frame.f_back
-    return in_arbiter
+    return role

@@ -239,12 +239,12 @@ def test_does_not_warn_about_ssl_in_a_worker():
     assert result == {"warnings": [], "patched": True}
 
 
-PRELOADED_APP = """
+SERVED_APP = """
 import asyncio
 
 import geventflask
 
-geventflask.patch()
+{patch_at_top}
 PATCHED_AT_IMPORT = geventflask.is_patched()
 
 from flask import Flask  # noqa: E402
@@ -261,40 +261,59 @@ def index():
 async def async_view():
     await asyncio.sleep(0.01)
     loop = asyncio.get_running_loop()
-    return {
+    return {{
         "patched_at_import": PATCHED_AT_IMPORT,
         "patched_now": geventflask.is_patched(),
         "shared_hub_loop": loop is geventflask.get_loop(),
-    }
+    }}
+"""
+
+POST_FORK_CONFIG = """
+def post_fork(server, worker):
+    import geventflask
+
+    geventflask.patch()
 """
 
 
 @pytest.mark.live_server
-@pytest.mark.parametrize("worker_class", ["gevent", "geventflask.GeventWorker"])
-@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
-def test_patch_at_the_top_of_a_served_app(live_server, tmp_path, worker_class, preload):
-    (tmp_path / "patched_app.py").write_text(PRELOADED_APP)
-    args = ["--pythonpath", str(tmp_path)] + (["--preload"] if preload else [])
-    server = live_server("patched_app:app", worker_class=worker_class, args=args)
+@pytest.mark.parametrize(
+    ("worker_class", "where"),
+    [
+        ("gevent", "app"),
+        ("geventflask.GeventWorker", "app"),
+        ("gevent", "preloaded app"),
+        ("geventflask.GeventWorker", "preloaded app"),
+        ("gevent", "post_fork hook"),
+    ],
+)
+def test_patch_where_the_docs_allow(live_server, tmp_path, worker_class, where):
+    in_app = where != "post_fork hook"
+    (tmp_path / "served.py").write_text(
+        SERVED_APP.format(patch_at_top="geventflask.patch()" if in_app else "")
+    )
+    args = ["--pythonpath", str(tmp_path)]
+    if where == "preloaded app":
+        args.append("--preload")
+    if where == "post_fork hook":
+        (tmp_path / "config.py").write_text(POST_FORK_CONFIG)
+        args += ["-c", str(tmp_path / "config.py")]
+    server = live_server("served:app", worker_class=worker_class, args=args)
 
     answer = requests.get(server.url + "/async", timeout=10).json()
     log = server.log()
     warned = [line for line in log.splitlines() if TOO_LATE in line]
-    if preload:
-        # Imported in the master, unpatched; each worker patched after fork.
-        assert answer == {
-            "patched_at_import": False,
-            "patched_now": True,
-            "shared_hub_loop": True,
-        }
+    # A preloaded app was imported in the master, unpatched; each worker
+    # patched itself after fork.
+    assert answer == {
+        "patched_at_import": where != "preloaded app",
+        "patched_now": True,
+        "shared_hub_loop": True,
+    }
+    if where == "preloaded app":
         assert len(warned) == 1, log
         assert "in the gunicorn master" in warned[0]
-        assert "To fix this, drop --preload." in warned[0]
+        assert "To fix this, drop --preload" in warned[0]
     else:
-        assert answer == {
-            "patched_at_import": True,
-            "patched_now": True,
-            "shared_hub_loop": True,
-        }
         assert warned == [], log
     assert "Traceback" not in log, log
