@@ -20,6 +20,8 @@ setup(
         # gunicorn's gevent extra brings 'packaging', without which
         # gunicorn 27's -k gevent does not start.
         "gunicorn[gevent]>=22.0",
+        # WebSocket framing (geventflask.Sock).
+        "wsproto>=1.2",
     ],
     extras_require={
         "test": [
@@ -39,7 +41,11 @@ setup(
             "requests>=2.31",
         ],
     },
-    entry_points={},
+    entry_points={
+        "pytest11": ["geventflask = geventflask.pytest_plugin"],
+        "console_scripts": ["geventflask-pytest = geventflask.__main__:run_pytest"],
+        "flask.commands": ["run-gevent = geventflask.cli:run_command"],
+    },
     classifiers=[
         "Framework :: Flask",
         "Programming Language :: Python :: 3",
