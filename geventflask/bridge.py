@@ -22,6 +22,7 @@ import typing as t
 
 import greenlet
 from gevent import get_hub
+from gevent.monkey import get_original
 
 from . import _compat
 from .policy import get_loop
@@ -34,6 +35,8 @@ P = t.ParamSpec("P")
 _MISSING = object()
 _CoroutineType = types.CoroutineType
 _getcurrent = greenlet.getcurrent
+_real_get_ident: t.Callable[[], int] = get_original("_thread", "get_ident")
+_allocate_real_lock: t.Callable[[], t.Any] = get_original("_thread", "allocate_lock")
 
 
 class AwaitInLoopError(RuntimeError):
@@ -79,7 +82,8 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
     (:func:`geventflask.get_loop`), in a copy of this greenlet's context;
     the context variables it sets are copied back. If this greenlet is
     killed or times out (``gevent.Timeout``) while waiting, the task is
-    cancelled.
+    cancelled. In a function run by ``sync_to_async(thread=True)``, it runs
+    on the loop that awaits that function, and blocks the thread.
 
     :param awaitable: A coroutine, task, future or other awaitable.
     :param name: A name for the task, shown in logs.
@@ -93,14 +97,18 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
     if _compat.get_running_loop_or_none() is not None:
         _close_if_coroutine(awaitable)
         raise AwaitInLoopError("on the event loop's own greenlet")
+    if _thread_homes:
+        home = _thread_homes.get(_real_get_ident())
+        if home is not None:
+            return _await_from_thread(home, awaitable, name)
     hub = get_hub()
     me = _getcurrent()
     if me is hub:
         _close_if_coroutine(awaitable)
         raise AwaitInLoopError("from the gevent hub")
-    if type(awaitable) is not _CoroutineType:
-        _check_awaitable(awaitable)
     loop = _shared_loop(hub)
+    if type(awaitable) is not _CoroutineType:
+        _check_awaitable(awaitable, loop)
     context = contextvars.copy_context()
     outcome = _Outcome(hub, me)
     # The caller holds this task until it is done, so it is not one of the
@@ -116,6 +124,10 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
         outcome.waiter = None
         task.cancel()
         raise
+    return _deliver_outcome(outcome, context)  # type: ignore[no-any-return]
+
+
+def _deliver_outcome(outcome: _Outcome, context: contextvars.Context) -> t.Any:
     copy_back(context)
     error = outcome.error
     if error is not None:
@@ -125,7 +137,28 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
             raise error
         finally:
             del error
-    return outcome.value  # type: ignore[no-any-return]
+    return outcome.value
+
+
+def _await_from_thread(
+    loop: asyncio.AbstractEventLoop, awaitable: t.Awaitable[T], name: str | None
+) -> T:
+    """await_() in a job of ``sync_to_async(thread=True)``: run on the loop
+    that awaits the job, so the job shares its clients, and block this real
+    thread (not a greenlet of the hub's) until the task is done."""
+    if type(awaitable) is not _CoroutineType:
+        _check_awaitable(awaitable, loop)
+    context = contextvars.copy_context()
+    outcome = _ThreadOutcome()
+
+    def start() -> None:
+        asyncio.Task(
+            _settle_into(outcome, awaitable), loop=loop, name=name, context=context
+        )
+
+    loop.call_soon_threadsafe(start)
+    outcome.lock.acquire()
+    return _deliver_outcome(outcome, context)  # type: ignore[no-any-return]
 
 
 class _Outcome:
@@ -139,11 +172,16 @@ class _Outcome:
 
     __slots__ = ("error", "hub", "value", "waiter")
 
-    def __init__(self, hub: t.Any, waiter: greenlet.greenlet) -> None:
+    def __init__(self, hub: t.Any, waiter: greenlet.greenlet | None) -> None:
         self.hub = hub
         self.waiter: greenlet.greenlet | None = waiter
         self.value: t.Any = None
         self.error: BaseException | None = None
+
+    def finished(self) -> None:
+        # Runs on the loop, as the task's last step.
+        if self.waiter is not None:
+            self.hub.loop.run_callback(self.wake)
 
     def wake(self) -> None:
         # Runs in the hub, where switching to a waiting greenlet is allowed.
@@ -151,6 +189,20 @@ class _Outcome:
         if waiter is not None:
             self.waiter = None
             waiter.switch()
+
+
+class _ThreadOutcome(_Outcome):
+    """An outcome awaited by a real OS thread, which blocks on a real lock."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self) -> None:
+        super().__init__(None, None)
+        self.lock = _allocate_real_lock()
+        self.lock.acquire()
+
+    def finished(self) -> None:
+        self.lock.release()
 
 
 async def _settle_into(outcome: _Outcome, awaitable: t.Awaitable[t.Any]) -> None:
@@ -166,23 +218,20 @@ async def _settle_into(outcome: _Outcome, awaitable: t.Awaitable[t.Any]) -> None
         # waiting greenlet raises it, as a sync call would.
         outcome.error = exc
     finally:
-        if outcome.waiter is not None:
-            outcome.hub.loop.run_callback(outcome.wake)
+        outcome.finished()
 
 
-def _check_awaitable(awaitable: object) -> None:
+def _check_awaitable(awaitable: object, loop: asyncio.AbstractEventLoop) -> None:
     if not inspect.isawaitable(awaitable):
         raise TypeError(
             f"await_() needs an awaitable, got {type(awaitable).__name__}."
             " Did you forget to call the coroutine function?"
         )
-    if asyncio.isfuture(awaitable):
-        loop = awaitable.get_loop()
-        if loop is not _shared_loop(get_hub()):
-            raise ValueError(
-                "await_() got a future of another event loop; await_() runs"
-                " on the shared loop from geventflask.get_loop()."
-            )
+    if asyncio.isfuture(awaitable) and awaitable.get_loop() is not loop:
+        raise ValueError(
+            "await_() got a future of another event loop; await_() runs"
+            " on the shared loop from geventflask.get_loop()."
+        )
 
 
 def _close_if_coroutine(awaitable: object) -> None:
@@ -250,8 +299,9 @@ def sync_to_async(fn: t.Callable[P, T] | None = None, *, thread: bool = False) -
     calls inside it (patched sockets, ``time.sleep``, ``requests``) wait
     without stalling the loop, and several calls run concurrently under
     ``asyncio.gather``. With ``thread=True`` it runs on a real OS thread of
-    gevent's threadpool, for C code that cannot yield to gevent. Cancelling
-    the awaiting task kills the greenlet (not a thread).
+    gevent's threadpool, for C code that cannot yield to gevent; it may call
+    :func:`await_`, which then runs on the same loop. Cancelling the awaiting
+    task kills the greenlet (a thread runs on, its result ignored).
 
     Usable bare (``@sync_to_async``) or with arguments
     (``@sync_to_async(thread=True)``).
@@ -271,7 +321,7 @@ def sync_to_async(fn: t.Callable[P, T] | None = None, *, thread: bool = False) -
         future: asyncio.Future[T] = loop.create_future()
         hub = get_hub()
         if thread:
-            job = functools.partial(context.run, func, *args, **kwargs)
+            job = functools.partial(_run_in_thread, loop, context, func, args, kwargs)
             result = hub.threadpool.spawn(job)
             result.rawlink(functools.partial(_deliver_async_result, loop, future))
             worker = None
@@ -291,6 +341,26 @@ def sync_to_async(fn: t.Callable[P, T] | None = None, *, thread: bool = False) -
         return value
 
     return run
+
+
+# Real thread id -> the loop awaiting the sync_to_async(thread=True) job that
+# runs on that thread, so await_() there runs on that loop.
+_thread_homes: dict[int, asyncio.AbstractEventLoop] = {}
+
+
+def _run_in_thread(
+    loop: asyncio.AbstractEventLoop,
+    context: contextvars.Context,
+    func: t.Callable[..., T],
+    args: tuple[t.Any, ...],
+    kwargs: dict[str, t.Any],
+) -> T:
+    ident = _real_get_ident()
+    _thread_homes[ident] = loop
+    try:
+        return context.run(func, *args, **kwargs)
+    finally:
+        del _thread_homes[ident]
 
 
 def _run_into(

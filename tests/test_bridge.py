@@ -452,6 +452,31 @@ def test_sync_to_async_thread_may_block_for_real_without_freezing_the_loop():
     assert ticks >= 10
 
 
+def test_await_in_a_thread_job_runs_on_the_loop_that_awaits_the_job():
+    async def on_which_loop(value):
+        request_id.set("set on the loop")
+        await asyncio.sleep(0.01)
+        return id(asyncio.get_running_loop()), value
+
+    def job():
+        loop_id, value = await_(on_which_loop("through"))
+        with pytest.raises(Boom):
+            await_(fail())
+        return loop_id, value, request_id.get(), real_thread_ident()
+
+    async def outer():
+        here = id(asyncio.get_running_loop()), real_thread_ident()
+        there = await sync_to_async(job, thread=True)()
+        return here, there, request_id.get()
+
+    (loop_id, loop_thread), there, seen_after = await_(outer())
+    job_loop_id, value, seen_in_job, job_thread = there
+    assert job_thread != loop_thread
+    assert job_loop_id == loop_id
+    assert value == "through"
+    assert seen_in_job == seen_after == "set on the loop"
+
+
 @pytest.mark.parametrize("thread", [False, True], ids=["greenlet", "thread"])
 def test_sync_to_async_context_flows_both_ways(thread):
     def read_then_set():
