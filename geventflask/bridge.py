@@ -272,10 +272,11 @@ def async_to_sync(fn: t.Callable[P, t.Awaitable[T]]) -> t.Callable[P, T]:
     """
     if not callable(fn):
         raise TypeError(f"async_to_sync() needs a callable, got {fn!r}")
+    name = getattr(fn, "__qualname__", None)
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return await_(fn(*args, **kwargs), name=getattr(fn, "__qualname__", None))
+        return await_(fn(*args, **kwargs), name=name)
 
     return run
 

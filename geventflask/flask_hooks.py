@@ -10,12 +10,10 @@ replaced, never Flask internals.
 
 from __future__ import annotations
 
-import functools
 import types
 import typing as t
-import weakref
 
-from .bridge import await_
+from .bridge import async_to_sync
 
 __all__ = ["install", "run_on_hub_loop"]
 
@@ -30,34 +28,24 @@ def run_on_hub_loop(
     greenlet's context (so ``request``, ``g`` and ``session`` work); context
     variables it sets flow back to the request.
     """
-    # Flask asks again for every call of every async view and hook, so the
-    # wrapper of a plain function is made once. Bound methods (View and
-    # MethodView handlers) are new objects per request and are not kept.
+    # Flask asks again on every call of every async view and hook, so the
+    # wrapper of a plain function is made once and kept on the function: it
+    # lives exactly as long as the function (a cache keyed by the function
+    # would keep alive those made per request). A copy of the attribute on
+    # another function (functools.wraps copies __dict__) is not ours.
     if type(func) is _FunctionType:
-        wrapper = _wrappers.get(func)
-        if wrapper is None:
-            wrapper = _wrappers[func] = _hub_caller(func)
+        wrapper = func.__dict__.get(_WRAPPER_ATTRIBUTE)
+        if wrapper is None or wrapper.__wrapped__ is not func:
+            wrapper = async_to_sync(func)
+            setattr(func, _WRAPPER_ATTRIBUTE, wrapper)
         return wrapper
-    return _hub_caller(func)
-
-
-def _hub_caller(
-    func: t.Callable[..., t.Coroutine[t.Any, t.Any, t.Any]],
-) -> t.Callable[..., t.Any]:
-    name = getattr(func, "__qualname__", None)
-
-    @functools.wraps(func)
-    def run(*args: t.Any, **kwargs: t.Any) -> t.Any:
-        return await_(func(*args, **kwargs), name=name)
-
-    return run
+    # Bound methods (View and MethodView handlers) are new objects per
+    # request; nothing is kept for them.
+    return async_to_sync(func)
 
 
 _FunctionType = types.FunctionType
-# Weak keys: functions made per call (closures, copy_current_request_context)
-# must not pile up here.
-_wrappers: weakref.WeakKeyDictionary[t.Callable[..., t.Any], t.Callable[..., t.Any]]
-_wrappers = weakref.WeakKeyDictionary()
+_WRAPPER_ATTRIBUTE = "_geventflask_sync"
 
 
 _installed = False

@@ -12,6 +12,9 @@ patches the whole test process, as a worker is patched.
 
 import asyncio
 import contextvars
+import functools
+import gc
+import weakref
 
 import gevent
 import gevent.event
@@ -503,3 +506,48 @@ def test_await_inside_an_async_view_fails_fast_with_the_fix():
     response = app.test_client().get("/")
     assert response.status_code == 500
     assert "use 'await' instead" in response.get_data(as_text=True)
+
+
+async def greet(name):
+    await asyncio.sleep(0)
+    return f"hello {name}"
+
+
+def test_the_sync_wrapper_of_a_function_is_made_once():
+    app = Flask(__name__)
+    wrapper = app.ensure_sync(greet)
+    assert wrapper("ann") == "hello ann"
+    assert app.ensure_sync(greet) is wrapper
+    assert Flask("other").ensure_sync(greet) is wrapper
+    assert wrapper.__name__ == "greet"
+    assert wrapper.__wrapped__ is greet
+
+
+def test_a_copied_wrapper_attribute_is_not_reused():
+    app = Flask(__name__)
+    app.ensure_sync(greet)
+
+    @functools.wraps(greet)  # copies greet's __dict__, our wrapper with it
+    async def shout(name):
+        return (await greet(name)).upper()
+
+    assert app.ensure_sync(shout)("bob") == "HELLO BOB"
+
+
+def test_async_functions_made_per_request_are_not_kept_alive():
+    app = Flask(__name__)
+    made = []
+
+    @app.route("/")
+    def view():
+        async def per_request():
+            return "done"
+
+        made.append(weakref.ref(per_request))
+        return app.ensure_sync(per_request)()
+
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/").get_data() == b"done"
+    gc.collect()
+    assert [ref() for ref in made] == [None, None, None]
