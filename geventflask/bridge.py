@@ -212,6 +212,14 @@ async def _settle_into(outcome: _Outcome, awaitable: t.Awaitable[t.Any]) -> None
         outcome.error = exc
         # Let the task end cancelled, as cancellation expects.
         raise
+    except GeneratorExit:
+        # The task was destroyed unfinished (its loop closed): the waiter
+        # must hear of it rather than wait forever.
+        outcome.error = RuntimeError(
+            "await_() lost its task: the event loop closed before the"
+            " awaitable finished."
+        )
+        raise
     except BaseException as exc:  # noqa: B036 - raised again in the waiter
         # Kept here rather than in the task, so asyncio neither logs it as
         # never retrieved nor lets SystemExit stop the shared loop: the

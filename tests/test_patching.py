@@ -8,10 +8,13 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT
+
+# Not imported from conftest: tests/conformance has a conftest module too.
+ROOT = Path(__file__).resolve().parent.parent
 
 #: Printed by every snippet before its JSON result, so noise is ignored.
 RESULT = "RESULT:"
