@@ -1,4 +1,4 @@
-"""aioflask's quick start, unchanged but for the first two lines: an async view that sleeps.
+"""aioflask's quick start, unchanged but for its first lines: an async view that sleeps.
 
     gunicorn -c gunicorn.conf.py examples.quickstart:app
 

@@ -134,7 +134,10 @@ class GeventFlask:
                     await_(result, name=getattr(hook, "__qualname__", None))
 
     def _serve_before_first_request(self) -> None:
-        if not self.serving and self.app.config["GEVENTFLASK_SERVE_HOOKS_ON_FIRST_REQUEST"]:
+        if (
+            not self.serving
+            and self.app.config["GEVENTFLASK_SERVE_HOOKS_ON_FIRST_REQUEST"]
+        ):
             _adopt_gunicorn_worker()
             self.start_serving()
 

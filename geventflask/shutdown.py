@@ -94,7 +94,11 @@ def shut_down(time_left: float, *, quick: bool = False) -> None:
     cancel_grace = min(CANCEL_GRACE, reserve / 2)
     try:
         if quick:
-            drain(0.0, cancel_grace, why="the worker is stopping quickly (SIGINT or SIGQUIT)")
+            drain(
+                0.0,
+                cancel_grace,
+                why="the worker is stopping quickly (SIGINT or SIGQUIT)",
+            )
         else:
             drain(time_left - reserve, cancel_grace)
     finally:

@@ -15,10 +15,13 @@ import logging
 import signal
 import sys
 import time
+import types
 import typing as t
 
 import gevent
-from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
+from gunicorn.workers.ggevent import (  # type: ignore[import-untyped]
+    GeventWorker as _GunicornGeventWorker,
+)
 
 __all__ = ["GeventWorker", "adopt", "gunicorn_worker_on_stack"]
 
@@ -88,7 +91,9 @@ class _StopState(t.Protocol):
     quick_stop: bool
 
 
-def _serve_then_drain(worker: t.Any, serve: t.Callable[[], None], stop: _StopState) -> None:
+def _serve_then_drain(
+    worker: t.Any, serve: t.Callable[[], None], stop: _StopState
+) -> None:
     from .extension import start_all
     from .shutdown import shut_down
 
@@ -118,7 +123,7 @@ class _Heartbeat:
 
     def __init__(self, worker: t.Any) -> None:
         self._worker = worker
-        self._greenlet: gevent.Greenlet | None = None
+        self._greenlet: t.Any = None
 
     def __enter__(self) -> None:
         self._greenlet = gevent.spawn(self._beat)
@@ -142,7 +147,7 @@ def gunicorn_worker_on_stack() -> t.Any:
     ggevent = sys.modules.get("gunicorn.workers.ggevent")
     if ggevent is None:
         return None
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         owner = frame.f_locals.get("self")
         if isinstance(owner, ggevent.GeventWorker):
@@ -159,7 +164,9 @@ def adopt(worker: t.Any) -> None:
 
     Does nothing for a :class:`GeventWorker`, or twice.
     """
-    if isinstance(worker, GeventWorker) or getattr(worker, "_geventflask_adopted", False):
+    if isinstance(worker, GeventWorker) or getattr(
+        worker, "_geventflask_adopted", False
+    ):
         return
     worker._geventflask_adopted = True
     _route_logs_to(worker.log)

@@ -28,7 +28,9 @@ def documented_command(name):
     source = (EXAMPLES / f"{name}.py").read_text()
     docstring = ast.get_docstring(ast.parse(source))
     commands = [
-        line.strip() for line in docstring.splitlines() if line.strip().startswith("gunicorn ")
+        line.strip()
+        for line in docstring.splitlines()
+        if line.strip().startswith("gunicorn ")
     ]
     assert len(commands) == 1, f"{name}.py documents {len(commands)} gunicorn commands"
     return shlex.split(commands[0])
@@ -68,7 +70,8 @@ def test_late_response(serve_example, upstream):
     upstream.reset()
     for number in range(1, 6):
         assert get_json(f"{server.url}/item/{number}") == {
-            "item": number, "title": f"item {number}"
+            "item": number,
+            "title": f"item {number}",
         }
     # One session for the worker: its kept-alive connection served all five.
     assert upstream.stats()["connections"] == 1

@@ -10,7 +10,14 @@ and ``-k geventflask.GeventWorker``.
 import signal
 
 import pytest
-from upstream import WORKERS, get, get_json, serving_events, start_with_markers, wait_until
+from upstream import (
+    WORKERS,
+    get,
+    get_json,
+    serving_events,
+    start_with_markers,
+    wait_until,
+)
 
 pytestmark = pytest.mark.live_server
 pytest_plugins = ["upstream"]
@@ -32,13 +39,21 @@ def test_async_hooks_run_in_flasks_order(served):
     response = get(served.url + "/hooks")
     assert response.headers["X-Order"] == "before_1,before_2,view,after_2,after_1"
     assert get_json(served.url + "/last-teardown")["order"] == [
-        "before_1", "before_2", "view", "after_2", "after_1", "teardown_2", "teardown_1",
+        "before_1",
+        "before_2",
+        "view",
+        "after_2",
+        "after_1",
+        "teardown_2",
+        "teardown_1",
     ]
 
 
 @pytest.mark.parametrize("worker", WORKERS)
 def test_serving_hooks_run_once_per_worker_after_fork(live_server, tmp_path, worker):
-    server = start_with_markers(live_server, tmp_path, "served_app:app", worker, "--workers", "2")
+    server = start_with_markers(
+        live_server, tmp_path, "served_app:app", worker, "--workers", "2"
+    )
     wait_until(lambda: len(serving_events(server)) == 2, what="two before_serving runs")
     master = str(server.proc.pid)
     started = serving_events(server)
@@ -48,4 +63,6 @@ def test_serving_hooks_run_once_per_worker_after_fork(live_server, tmp_path, wor
     server.signal(signal.SIGTERM)
     assert server.wait(20) == 0
     events = serving_events(server)
-    assert sorted(events) == sorted(started + [["after", e[1], master] for e in started])
+    assert sorted(events) == sorted(
+        started + [["after", e[1], master] for e in started]
+    )

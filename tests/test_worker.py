@@ -13,7 +13,15 @@ import signal
 import time
 
 import pytest
-from upstream import WORKERS, get, get_all, get_json, serving_events, start_with_markers, wait_until
+from upstream import (
+    WORKERS,
+    get,
+    get_all,
+    get_json,
+    serving_events,
+    start_with_markers,
+    wait_until,
+)
 
 pytestmark = pytest.mark.live_server
 pytest_plugins = ["upstream"]  # the upstream and served fixtures
@@ -23,8 +31,10 @@ def assert_replaced_after_drain(server, old_pid, task):
     """The worker *old_pid* let *task* finish, ran after_serving, and a new
     worker took its place."""
     wait_until(lambda: (server.markers / f"done-{task}").exists(), what="the task")
-    wait_until(lambda: ["after", str(old_pid)] in [e[:2] for e in serving_events(server)],
-               what="the old worker's after_serving")
+    wait_until(
+        lambda: ["after", str(old_pid)] in [e[:2] for e in serving_events(server)],
+        what="the old worker's after_serving",
+    )
     assert get_json(server.url + "/pid")["pid"] != old_pid
 
 
@@ -56,7 +66,9 @@ def test_module_level_client_session_serves_many_requests(served, upstream):
 
 def test_sync_view_sees_no_loop_while_async_views_are_in_flight(served):
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        sleepers = [pool.submit(get, served.url + "/sleep?seconds=2") for _ in range(20)]
+        sleepers = [
+            pool.submit(get, served.url + "/sleep?seconds=2") for _ in range(20)
+        ]
         time.sleep(0.3)
         answers = [get_json(served.url + "/sync-asyncio-run") for _ in range(3)]
         overlapped = not all(s.done() for s in sleepers)
@@ -102,8 +114,12 @@ def test_asyncio_records_reach_gunicorns_error_log(served):
 
 
 @pytest.mark.parametrize("worker", WORKERS)
-def test_sigterm_drains_background_tasks_then_cancels_the_late(live_server, tmp_path, worker):
-    server = start_with_markers(live_server, tmp_path, "served_app:app", worker, "--graceful-timeout", "4")
+def test_sigterm_drains_background_tasks_then_cancels_the_late(
+    live_server, tmp_path, worker
+):
+    server = start_with_markers(
+        live_server, tmp_path, "served_app:app", worker, "--graceful-timeout", "4"
+    )
     get_json(server.url + "/task/short?seconds=2")
     get_json(server.url + "/task/long?seconds=60")
     server.signal(signal.SIGTERM)
@@ -130,7 +146,9 @@ def test_sigint_is_a_quick_stop_that_cancels_at_once(live_server, tmp_path, work
     assert (server.markers / "finally-pending").exists(), server.log()
     assert not (server.markers / "done-pending").exists()
     assert in_error_log(
-        server, "WARNING", "Cancelling background task marker-task-pending: the worker"
+        server,
+        "WARNING",
+        "Cancelling background task marker-task-pending: the worker"
         " is stopping quickly",
     )
     assert [event[0] for event in serving_events(server)] == ["before", "after"]
@@ -158,8 +176,14 @@ def test_sighup_drains_the_old_workers_tasks(live_server, tmp_path, worker):
 def test_max_requests_recycling_drains(live_server, tmp_path, worker):
     # The readiness probe was request 1; /pid, /task and /pid make 4.
     server = start_with_markers(
-        live_server, tmp_path, "served_app:app", worker,
-        "--max-requests", "4", "--max-requests-jitter", "0",
+        live_server,
+        tmp_path,
+        "served_app:app",
+        worker,
+        "--max-requests",
+        "4",
+        "--max-requests-jitter",
+        "0",
     )
     old_pid = get_json(server.url + "/pid")["pid"]
     get_json(server.url + "/task/recycle?seconds=1.5")

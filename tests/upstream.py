@@ -1,4 +1,4 @@
-"""Live-test helpers: a stand-in for remote APIs (aiohttp.web on 127.0.0.1), and a client.
+"""Live-test helpers: a local stand-in for remote APIs (aiohttp.web), and a client.
 
 The examples read their upstream base URL from ``UPSTREAM_URL``; tests point
 it here instead of at the internet. The server runs in a subprocess on plain
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -129,8 +130,12 @@ WORKERS = ["gevent", "geventflask.GeventWorker"]
 def served(request, tmp_path_factory, upstream):
     """``live_apps/served_app.py`` on one worker of each class, shared by the
     tests that leave it running (the stop tests start their own)."""
-    from conftest import LiveServer
-
+    # Not "from conftest import": every conftest.py is a module named
+    # "conftest", so that name means whichever pytest loaded last.
+    conftest = request.config.pluginmanager.get_plugin(
+        str(Path(__file__).with_name("conftest.py"))
+    )
+    LiveServer = conftest.LiveServer
     markers = tmp_path_factory.mktemp("markers")
     server = LiveServer(
         "served_app:app",
@@ -152,7 +157,9 @@ def start_with_markers(live_server, tmp_path, app, worker, *args):
     ``markers`` directory for what must outlive the worker."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    server = live_server(app, worker_class=worker, args=args, env={"MARKER_DIR": str(markers)})
+    server = live_server(
+        app, worker_class=worker, args=args, env={"MARKER_DIR": str(markers)}
+    )
     server.markers = markers
     return server
 
