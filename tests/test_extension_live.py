@@ -66,3 +66,25 @@ def test_serving_hooks_run_once_per_worker_after_fork(live_server, tmp_path, wor
     assert sorted(events) == sorted(
         started + [["after", e[1], master] for e in started]
     )
+
+
+def test_serving_hooks_run_in_each_worker_with_preload(live_server, tmp_path):
+    # The app is imported once, in the master; the hooks still run per worker.
+    server = start_with_markers(
+        live_server,
+        tmp_path,
+        "served_app:app",
+        "geventflask.GeventWorker",
+        "--workers",
+        "2",
+        "--preload",
+    )
+    wait_until(lambda: len(serving_events(server)) == 2, what="two before_serving runs")
+    master = str(server.proc.pid)
+    assert all(e[1] != master and e[2] == master for e in serving_events(server))
+    assert all(get_json(server.url + "/loop")["in_task"] for _ in range(5))
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == 0
+    assert (
+        sorted(e[0] for e in serving_events(server)) == ["after"] * 2 + ["before"] * 2
+    )

@@ -67,7 +67,7 @@ def test_module_level_client_session_serves_many_requests(served, upstream):
 def test_sync_view_sees_no_loop_while_async_views_are_in_flight(served):
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         sleepers = [
-            pool.submit(get, served.url + "/sleep?seconds=2") for _ in range(20)
+            pool.submit(get, served.url + "/sleep?seconds=3") for _ in range(20)
         ]
         time.sleep(0.3)
         answers = [get_json(served.url + "/sync-asyncio-run") for _ in range(3)]
@@ -118,7 +118,7 @@ def test_sigterm_drains_background_tasks_then_cancels_the_late(
     live_server, tmp_path, worker
 ):
     server = start_with_markers(
-        live_server, tmp_path, "served_app:app", worker, "--graceful-timeout", "4"
+        live_server, tmp_path, "served_app:app", worker, "--graceful-timeout", "5"
     )
     get_json(server.url + "/task/short?seconds=2")
     get_json(server.url + "/task/long?seconds=60")
