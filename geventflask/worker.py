@@ -97,7 +97,8 @@ def _serve_then_drain(
     from .extension import start_all
     from .shutdown import shut_down
 
-    start_all()
+    with _Heartbeat(worker):  # slow hooks must not look like a hung worker
+        start_all()
     try:
         serve()
     finally:
@@ -114,11 +115,12 @@ def _time_left(worker: t.Any, since: float | None) -> float:
 
 
 class _Heartbeat:
-    """Keep telling the master the worker is alive while it drains.
+    """Keep telling the master the worker is alive while the serving hooks
+    run or background tasks drain.
 
-    After SIGHUP or ``max_requests`` the master is not stopping and kills a
-    worker that stays silent for ``timeout`` seconds; draining may take up to
-    ``graceful_timeout``.
+    The master kills a worker that stays silent for ``timeout`` seconds
+    (unless it is stopping itself: after SIGHUP or ``max_requests`` it is
+    not), and draining may take up to ``graceful_timeout``.
     """
 
     def __init__(self, worker: t.Any) -> None:
