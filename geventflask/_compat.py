@@ -11,6 +11,10 @@ reached differs between versions:
   returns the previous one (3.14 keeps it in the thread state).
 * All versions: ``asyncio.events._set_running_loop`` and
   ``asyncio.events._get_running_loop`` set and read the running loop.
+
+One gevent detail lives here too: from gevent 25.8.1, a patched ``os.close()``
+of a pipe or socket only takes effect after the hub's next loop iteration
+(``gevent.os._closing_fd_to_event`` holds the ones still pending).
 """
 
 from __future__ import annotations
@@ -19,13 +23,19 @@ import asyncio
 import asyncio.base_events
 import asyncio.events
 import asyncio.tasks
+import asyncio.unix_events
 import sys
 import typing as t
+
+import gevent.os
 
 __all__ = [
     "MAXIMUM_SELECT_TIMEOUT",
     "MIN_CANCELLED_TIMER_HANDLES_FRACTION",
     "MIN_SCHEDULED_TIMER_HANDLES",
+    "UnixSubprocessTransport",
+    "check_child_watcher",
+    "deferred_fd_closes",
     "format_handle",
     "get_running_loop_or_none",
     "set_running_loop",
@@ -46,11 +56,43 @@ MIN_CANCELLED_TIMER_HANDLES_FRACTION: float = (
 MAXIMUM_SELECT_TIMEOUT: float = asyncio.base_events.MAXIMUM_SELECT_TIMEOUT
 format_handle: t.Callable[[asyncio.Handle], str] = asyncio.base_events._format_handle
 
+#: asyncio's subprocess transport for Unix (3.10-3.14), built by the hub
+#: loop itself so it can wait for the child with gevent's child watcher.
+UnixSubprocessTransport: t.Any = asyncio.unix_events._UnixSubprocessTransport
+
+if sys.version_info < (3, 12):
+
+    def check_child_watcher() -> None:
+        """Raise CPython's 3.10-3.11 error if the installed child watcher is off.
+
+        The hub loop does not use asyncio's child watchers, but on these
+        versions asyncio refuses to start a subprocess without an active one,
+        and code written for them expects that refusal.
+        """
+        with asyncio.get_child_watcher() as watcher:
+            if not watcher.is_active():
+                raise RuntimeError(
+                    "asyncio.get_child_watcher() is not activated, "
+                    "subprocess support is not installed."
+                )
+
+else:
+
+    def check_child_watcher() -> None:
+        """From 3.12 asyncio's child watchers are deprecated: nothing to check."""
+
+
+#: fd -> event, for ``os.close()`` calls gevent has deferred to the hub's next
+#: loop iteration (gevent >= 25.8.1; always empty before).
+deferred_fd_closes: t.Mapping[int, t.Any] = getattr(
+    gevent.os, "_closing_fd_to_event", {}
+)
+
 
 if sys.version_info >= (3, 12):
     swap_current_task: t.Callable[
-        [asyncio.AbstractEventLoop, "asyncio.Task[t.Any] | None"],
-        "asyncio.Task[t.Any] | None",
+        [asyncio.AbstractEventLoop, asyncio.Task[t.Any] | None],
+        asyncio.Task[t.Any] | None,
     ] = asyncio.tasks._swap_current_task  # type: ignore[attr-defined]
 else:
     _current_tasks: dict[t.Any, t.Any] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]

@@ -27,9 +27,12 @@ import asyncio
 import collections
 import concurrent.futures
 import contextvars
+import errno
+import functools
 import heapq
 import logging
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -198,7 +201,8 @@ class _HubSelector(selectors.BaseSelector):
 
 
 class _KeyMap(collections.abc.Mapping):  # type: ignore[type-arg]
-    """Read-only fileobj -> key view, as :meth:`selectors.BaseSelector.get_map` wants."""
+    """Read-only fileobj -> key view, what :meth:`~selectors.BaseSelector.get_map`
+    returns."""
 
     def __init__(self, selector: _HubSelector) -> None:
         self._selector = selector
@@ -238,7 +242,9 @@ class _Runner(greenlet.greenlet):  # type: ignore[misc]
             while loop._runner is self:
                 loop._run_once()
                 if loop._stopping and loop._runner is self:
-                    loop._finish(None)
+                    loop._run_ready_io()
+                    if loop._runner is self:
+                        loop._finish(None)
         except BaseException as exc:  # noqa: B036 - delivered to run_forever()
             loop._fail(self, exc)
         finally:
@@ -335,10 +341,12 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._outcome: t.Any = _PENDING
         self._last_yield = 0.0
         self._saved_agen_hooks: t.Any = None
+        self._outer_loop: asyncio.AbstractEventLoop | None = None
         self._resume_cb = self._resume
         self.retain_tasks = retain_tasks
         #: Tasks kept alive until done (only with ``retain_tasks``).
         self.background_tasks: set[asyncio.Task[t.Any]] = set()
+        self._signal_watchers: dict[int, t.Any] = {}
         super().__init__(selector=_HubSelector(self._io_ready))
         self._agen_firstiter = self._asyncgen_firstiter_hook
         self._agen_finalizer = self._asyncgen_finalizer_hook
@@ -371,6 +379,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
         handle = super().call_at(when, callback, *args, context=context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]  # this frame, as CPython does
         if self._state == _PARKED:
             self._wake()  # the new timer may be due before the parked timeout
         return handle
@@ -381,13 +391,89 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         *args: t.Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
-        if _real_get_ident() == self._hub_thread:
-            # Another greenlet of the hub's own thread: no self-pipe needed.
-            return self.call_soon(callback, *args, context=context)
-        return super().call_soon_threadsafe(callback, *args, context=context)
+        if _real_get_ident() != self._hub_thread:
+            return super().call_soon_threadsafe(callback, *args, context=context)
+        # Another greenlet of the hub's own thread: no self-pipe needed. The
+        # checks and the traceback trimming are CPython's, so debug-mode
+        # source tracebacks end at the caller.
+        self._check_closed()
+        if self._debug:
+            self._check_callback(callback, "call_soon_threadsafe")
+        handle = self._call_soon(callback, args, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        if self._state == _PARKED:
+            self._wake()
+        return handle
 
     def stop(self) -> None:
         super().stop()
+        if self._state == _PARKED:
+            self._wake()
+
+    # -- signals: gevent's watchers, never the wakeup fd -------------------------
+
+    def add_signal_handler(
+        self, sig: int, callback: t.Callable[..., object], *args: t.Any
+    ) -> None:
+        """Run *callback* on the loop when signal *sig* arrives.
+
+        asyncio's own loop points ``signal.set_wakeup_fd`` at its self-pipe,
+        taking it from whoever owned it: in a gunicorn worker, the arbiter's
+        signal handling. The hub loop listens with a gevent signal watcher
+        instead and leaves the wakeup fd alone. Errors are CPython's.
+        """
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # Validates the signal and the thread the way CPython does; the
+            # watcher then handles delivery at the C level.
+            signal.signal(sig, _ignore_signal)
+            signal.siginterrupt(sig, False)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        self._stop_signal_watcher(sig)
+        self._signal_handlers[sig] = asyncio.Handle(callback, args, self, None)
+        watcher = self._hub.loop.signal(sig, ref=False)
+        watcher.start(self._signal_arrived, sig)
+        self._signal_watchers[sig] = watcher
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        self._check_signal(sig)
+        if self._signal_handlers.pop(sig, None) is None:
+            return False
+        self._stop_signal_watcher(sig)
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        return True
+
+    def _stop_signal_watcher(self, sig: int) -> None:
+        watcher = self._signal_watchers.pop(sig, None)
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
+
+    def _signal_arrived(self, sig: int) -> None:
+        # Runs in the hub: only schedule the handler, as asyncio's own
+        # _handle_signal() does from its self-pipe.
+        handle = self._signal_handlers.get(sig)
+        if handle is None:
+            return
+        if handle._cancelled:
+            self.remove_signal_handler(sig)
+            return
+        self._ready.append(handle)
         if self._state == _PARKED:
             self._wake()
 
@@ -407,11 +493,12 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._hub.loop.run_callback(self._resume_cb)
 
     def _io_ready(self) -> None:
-        # Called by the selector from the hub. Resume straight away: the hub
-        # is the right greenlet to switch from, and it saves a loop pass.
+        # Called by the selector from the hub, once per ready watcher. The
+        # resumption waits for the hub's callback phase, which comes after
+        # every watcher of this poll has reported: the loop then sees the
+        # whole batch at once, in the order asyncio's own select() gives.
         if self._state == _PARKED:
-            self._state = _WAKING
-            self._resume()
+            self._wake()
 
     def _resume(self, *_: t.Any) -> None:
         if self._state in (_WAKING, _YIELDING) and self._runner is not None:
@@ -421,6 +508,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
     # -- the loop's own greenlet state -------------------------------------
 
     def _activate(self) -> None:
+        # Keep whatever loop another greenlet left running (asyncio.run() in
+        # a sync greenlet, say) and give it back on _deactivate(), so the
+        # loops of different greenlets never erase each other.
+        outer = _compat.get_running_loop_or_none()
+        self._outer_loop = None if outer is self else outer
         _compat.set_running_loop(self)
         self._saved_agen_hooks = sys.get_asyncgen_hooks()
         sys.set_asyncgen_hooks(
@@ -428,7 +520,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         )
 
     def _deactivate(self) -> None:
-        _compat.set_running_loop(None)
+        _compat.set_running_loop(self._outer_loop)
+        self._outer_loop = None
         hooks = self._saved_agen_hooks
         if hooks is not None:
             sys.set_asyncgen_hooks(*hooks)
@@ -448,15 +541,51 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         if timeout == 0 or selector.ready:
             if _monotonic() - self._last_yield >= YIELD_INTERVAL:
                 self._park(_YIELDING, None)
+        elif _compat.deferred_fd_closes:
+            # A patched os.close() only closes once the hub completes a loop
+            # iteration; parking now could wait forever for the very end of
+            # file that close would cause. Let the hub go round once first.
+            self._park(_YIELDING, None)
         else:
             self._park(_PARKED, timeout)
         return selector.take_events()
 
+    def _run_ready_io(self) -> None:
+        """Poll once more as the loop stops, and run what the poll finds.
+
+        asyncio's loop polls at the start of every iteration, so I/O that is
+        ready when ``stop()`` is called (say, the reset that ends a transfer
+        awaited by ``run_until_complete()``) is handled before the loop
+        returns. This loop skips polls while callbacks are ready; catch up
+        here. Only the I/O callbacks run now: the ones scheduled during the
+        last iteration wait for the next run, as on asyncio's loop.
+        """
+        self._park(_YIELDING, None)
+        events = self._selector.take_events()
+        if not events:
+            return
+        ready = self._ready
+        waiting = len(ready)
+        self._process_events(events)
+        found = [ready.pop() for _ in range(len(ready) - waiting)]
+        me = _getcurrent()
+        while found:
+            handle = found.pop()
+            if not handle._cancelled:
+                handle._run()
+            if self._runner is not me:
+                ready.extend(reversed(found))
+                return
+
     def _park(self, state: int, timeout: float | None) -> None:
         hub = self._hub
-        timer = None
         if state == _YIELDING:
-            hub.loop.run_callback(self._resume_cb)
+            # A zero timer, not run_callback(): gevent runs callbacks queued
+            # by callbacks in the same pass, without polling, for up to its
+            # switch interval. A timer fires only after the hub has polled
+            # (and run its check watchers, where deferred closes happen).
+            timer = hub.loop.timer(0.0)
+            timer.start(self._resume_cb)
         else:
             # A ref'd timer keeps the hub alive while the loop waits, even
             # with no timeout (registered watchers are not ref'd).
@@ -469,9 +598,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         try:
             hub.switch()
         finally:
-            if timer is not None:
-                timer.stop()
-                timer.close()
+            timer.stop()
+            timer.close()
             self._state = _RUNNING
             self._activate()
             self._last_yield = _monotonic()
@@ -667,9 +795,64 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             return
         exc = task.exception()
         if exc is not None:
-            logger.error(
-                "Background task %s failed", task.get_name(), exc_info=exc
+            logger.error("Background task %s failed", task.get_name(), exc_info=exc)
+
+    # -- subprocesses: gevent's child watcher -----------------------------------
+
+    async def _make_subprocess_transport(  # type: ignore[override]
+        self,
+        protocol: asyncio.SubprocessProtocol,
+        args: t.Any,
+        shell: bool,
+        stdin: t.Any,
+        stdout: t.Any,
+        stderr: t.Any,
+        bufsize: int,
+        extra: t.Any = None,
+        **kwargs: t.Any,
+    ) -> asyncio.SubprocessTransport:
+        """Start a child process and learn of its exit from gevent.
+
+        Once ``subprocess`` is patched, gevent's libev loop reaps every child
+        on SIGCHLD. asyncio's child watchers then race it: a pidfd watcher
+        finds its child already gone (``ProcessLookupError``) whenever the
+        loop went on while ``Popen`` waited for the exec. gevent's ``Popen``
+        records the exit status itself, so the loop asks it instead.
+        """
+        if not _gevent_patched("subprocess"):
+            return await super()._make_subprocess_transport(  # type: ignore[no-any-return]
+                protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
             )
+        _compat.check_child_watcher()
+        waiter = self.create_future()
+        transport = _compat.UnixSubprocessTransport(
+            self,
+            protocol,
+            args,
+            shell,
+            stdin,
+            stdout,
+            stderr,
+            bufsize,
+            waiter=waiter,
+            extra=extra,
+            **kwargs,
+        )
+        transport._proc.rawlink(functools.partial(self._child_exited, transport))
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transport.close()
+            await transport._wait()
+            raise
+        return transport  # type: ignore[no-any-return]
+
+    def _child_exited(self, transport: t.Any, popen: t.Any) -> None:
+        # Runs in the hub: schedule, as asyncio's watcher callback does.
+        if not self.is_closed():
+            self.call_soon_threadsafe(transport._process_exited, popen.returncode)
 
     # -- DNS and executors: never block the hub --------------------------------
 
@@ -685,16 +868,26 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
     ) -> list[t.Any]:
         # gevent's resolver is cooperative; run it in a greenlet rather than
         # on an executor thread (which would start a second hub there).
-        resolver = socket.getaddrinfo if _gevent_socket_patched() else self._hub.resolver.getaddrinfo
+        resolver = (
+            socket.getaddrinfo
+            if _gevent_patched("socket")
+            else self._hub.resolver.getaddrinfo
+        )
         return await self._in_greenlet(resolver, host, port, family, type, proto, flags)
 
     async def getnameinfo(  # type: ignore[override]
         self, sockaddr: t.Any, flags: int = 0
     ) -> tuple[str, str]:
-        resolver = socket.getnameinfo if _gevent_socket_patched() else self._hub.resolver.getnameinfo
+        resolver = (
+            socket.getnameinfo
+            if _gevent_patched("socket")
+            else self._hub.resolver.getnameinfo
+        )
         return await self._in_greenlet(resolver, sockaddr, flags)  # type: ignore[no-any-return]
 
-    def _in_greenlet(self, func: t.Callable[..., t.Any], *args: t.Any) -> asyncio.Future[t.Any]:
+    def _in_greenlet(
+        self, func: t.Callable[..., t.Any], *args: t.Any
+    ) -> asyncio.Future[t.Any]:
         future = self.create_future()
 
         def run() -> None:
@@ -722,10 +915,14 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         return super().run_in_executor(executor, func, *args)
 
 
-def _gevent_socket_patched() -> bool:
+def _ignore_signal(signum: int, frame: t.Any) -> None:
+    """Python-level placeholder; the gevent watcher does the real work."""
+
+
+def _gevent_patched(module: str) -> bool:
     from gevent import monkey
 
-    return bool(monkey.is_module_patched("socket"))
+    return bool(monkey.is_module_patched(module))
 
 
 def _set_result_unless_done(future: asyncio.Future[t.Any], result: t.Any) -> None:
@@ -733,7 +930,9 @@ def _set_result_unless_done(future: asyncio.Future[t.Any], result: t.Any) -> Non
         future.set_result(result)
 
 
-def _set_exception_unless_done(future: asyncio.Future[t.Any], exc: BaseException) -> None:
+def _set_exception_unless_done(
+    future: asyncio.Future[t.Any], exc: BaseException
+) -> None:
     if not future.done():
         future.set_exception(exc)
 

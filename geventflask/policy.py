@@ -9,10 +9,10 @@ way).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import typing as t
 import warnings
-import logging
 import weakref
 
 import greenlet
@@ -125,8 +125,7 @@ class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,name
             return loops.current
         if loops.current_set:
             raise RuntimeError(
-                f"There is no current event loop in thread"
-                f" {_current_thread_name()!r}."
+                f"There is no current event loop in thread {_current_thread_name()!r}."
             )
         return get_loop()
 

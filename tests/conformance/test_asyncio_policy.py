@@ -1,0 +1,81 @@
+"""CPython's asyncio TestCases that take their loops from asyncio's default.
+
+With :class:`geventflask.EventLoopPolicy` installed (see conftest.py),
+``asyncio.new_event_loop()``, ``asyncio.run()`` and ``IsolatedAsyncioTestCase``
+hand these tests hub loops. The TestCase classes are collected here under
+``<module>__<class>`` names; importing them by name would make pytest run
+them a second time wherever they are imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import unittest
+
+import pytest
+
+pytest.importorskip(
+    "test.test_asyncio",
+    reason="needs CPython's test package (Debian: libpython3.X-testsuite)",
+)
+
+#: CPython modules whose tests reach the loop through the policy.
+MODULES = [
+    "test_base_events",
+    "test_buffered_proto",
+    "test_context",
+    "test_events",
+    "test_futures",
+    "test_futures2",
+    "test_locks",
+    "test_pep492",
+    "test_protocols",
+    "test_queues",
+    "test_runners",
+    "test_ssl",
+    "test_sslproto",
+    "test_streams",
+    "test_subprocess",
+    "test_taskgroups",
+    "test_tasks",
+    "test_threads",
+    "test_timeouts",
+    "test_unix_events",
+    "test_waitfor",
+]
+
+#: Classes left out, and why. CPython's own selector variants build stock
+#: loops (test_asyncio_loop.py runs their mixins on the hub loop instead);
+#: test_base_events' unit tests build BaseEventLoop or SelectorEventLoop
+#: themselves, around mocked selectors that never yield to the gevent hub,
+#: so a test waiting on a (patched, green) thread spins forever, on the
+#: stock loop too. None of these would exercise the hub loop.
+LEFT_OUT = {
+    "EPollEventLoopTests",
+    "KqueueEventLoopTests",
+    "PollEventLoopTests",
+    "SelectEventLoopTests",
+    "SelectorStartServerTests",
+    "SelectorStartTLSTests",
+    "BaseEventLoopTests",
+    "BaseEventLoopWithSelectorTests",
+    "BaseLoopSockSendfileTests",
+}
+
+
+def _collect() -> dict[str, type[unittest.TestCase]]:
+    found = {}
+    for name in MODULES:
+        module = importlib.import_module(f"test.test_asyncio.{name}")
+        for attr, obj in vars(module).items():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, unittest.TestCase)
+                and obj.__module__ == module.__name__
+                and attr not in LEFT_OUT
+            ):
+                found[f"{name}__{attr}"] = obj
+    return found
+
+
+globals().update(_collect())
