@@ -17,6 +17,10 @@ of a pipe or socket only takes effect after the hub's next loop iteration
 (``gevent.os._closing_fd_to_event`` holds the ones still pending).
 """
 
+# This module's job is to reach names CPython and gevent keep private, which
+# the type stubs do not declare.
+# mypy: disable-error-code="attr-defined, unused-ignore"
+
 from __future__ import annotations
 
 import asyncio

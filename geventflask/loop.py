@@ -21,6 +21,11 @@ SSL, subprocesses, signals and all) with three parts replaced:
 This module never imports Flask.
 """
 
+# HubEventLoop extends asyncio's selector loop through its private attributes
+# (_ready, _scheduled, _selector, _check_closed, ...), which the type stubs do
+# not declare, and keeps its public signatures looser than the stubs' generics.
+# mypy: disable-error-code="attr-defined, override, has-type, unused-ignore"
+
 from __future__ import annotations
 
 import asyncio
@@ -30,6 +35,7 @@ import contextvars
 import errno
 import functools
 import heapq
+import inspect
 import logging
 import selectors
 import signal
@@ -324,6 +330,18 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
     or timers, the other greenlets of the process run; while they run, they
     see no running loop.
 
+    **Cancelling a task that is parked in gevent.** A task whose step blocks
+    in gevent (patched ``time.sleep``, a socket read, ``requests``) is not
+    interrupted by ``task.cancel()``, ``asyncio.timeout()`` or
+    ``asyncio.wait_for()``: the blocking call finishes, and
+    :exc:`asyncio.CancelledError` is raised in the task at its next
+    ``await``, exactly as asyncio cancels a task whose step is running.
+    Throwing into the parked greenlet instead would raise inside sync code
+    that cannot expect it (half-way through a ``requests`` call holding a
+    pooled connection, or a driver's lock), which asyncio never does. Bound
+    such calls with their own timeouts (``requests.get(url, timeout=...)``,
+    ``gevent.Timeout``).
+
     :param retain_tasks: Keep a strong reference to every task created with
         :meth:`create_task` until it is done, and log the exception of one
         that failed. The worker's shared loop (:func:`geventflask.get_loop`)
@@ -399,7 +417,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._check_closed()
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
-        handle = self._call_soon(callback, args, context)
+        handle: asyncio.Handle = self._call_soon(callback, args, context)
         if handle._source_traceback:
             del handle._source_traceback[-1]
         if self._state == _PARKED:
@@ -423,7 +441,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         signal handling. The hub loop listens with a gevent signal watcher
         instead and leaves the wakeup fd alone. Errors are CPython's.
         """
-        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+        if asyncio.iscoroutine(callback) or inspect.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()
@@ -694,13 +712,13 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                         self._wake()
             if interrupted is not None:
                 raise interrupted
-            if self._outcome is not None:
+            if isinstance(self._outcome, BaseException):
                 raise self._outcome
         finally:
             self._outcome = _PENDING
             self._driver = None
             self._stopping = False
-            self._thread_id = None
+            self._thread_id = None  # type: ignore[assignment]
             self._state = _IDLE
             self._set_coroutine_origin_tracking(False)
 
@@ -747,7 +765,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         event_list = self._wait_for_events(timeout)
         if event_list:
             self._process_events(event_list)
-        event_list = None
+        del event_list
 
         if scheduled:
             end_time = self.time() + self._clock_resolution
@@ -820,7 +838,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         records the exit status itself, so the loop asks it instead.
         """
         if not _gevent_patched("subprocess"):
-            return await super()._make_subprocess_transport(  # type: ignore[no-any-return]
+            return await super()._make_subprocess_transport(  # type: ignore[misc,no-any-return]
                 protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
             )
         _compat.check_child_watcher()
@@ -873,7 +891,10 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             if _gevent_patched("socket")
             else self._hub.resolver.getaddrinfo
         )
-        return await self._in_greenlet(resolver, host, port, family, type, proto, flags)
+        infos: list[t.Any] = await self._in_greenlet(
+            resolver, host, port, family, type, proto, flags
+        )
+        return infos
 
     async def getnameinfo(  # type: ignore[override]
         self, sockaddr: t.Any, flags: int = 0
@@ -947,6 +968,9 @@ class _NativeThreadExecutor(concurrent.futures.Executor):
     def __init__(self, hub: t.Any) -> None:
         self._pool = hub.threadpool
         self._shutdown = False
+        # Only this executor's jobs: the hub's pool also serves others
+        # (gevent's resolver, user code), which shutdown() must not wait for.
+        self._pending: set[concurrent.futures.Future[t.Any]] = set()
 
     def submit(  # type: ignore[override]
         self, fn: t.Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any
@@ -965,10 +989,15 @@ class _NativeThreadExecutor(concurrent.futures.Executor):
             else:
                 future.set_result(result)
 
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
         self._pool.spawn(work)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._shutdown = True
+        if cancel_futures:
+            for future in list(self._pending):
+                future.cancel()
         if wait:
-            self._pool.join()
+            concurrent.futures.wait(list(self._pending))

@@ -105,7 +105,7 @@ def _run_shared(loop: HubEventLoop) -> None:
         logger.exception("The shared event loop stopped with an error")
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,name-defined]
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
     """An event loop policy that hands out hub loops, one current loop per hub.
 
     ``asyncio.new_event_loop()`` (and so ``asyncio.run()``) gives a fresh

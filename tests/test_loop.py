@@ -537,6 +537,28 @@ class TestHubOnly(TestHubLoop):
         assert self.run(asyncio.wait_for(main(), 10)) < 5
         self.run(self.loop.shutdown_default_executor())
 
+    def test_shutdown_default_executor_waits_only_for_its_own_jobs(self):
+        hub_pool = gevent.get_hub().threadpool
+        unrelated_done = []
+        own_done = []
+
+        def own_job():
+            _real_sleep(0.05)
+            own_done.append(True)
+
+        unrelated = hub_pool.spawn(
+            lambda: (_real_sleep(1), unrelated_done.append(True))
+        )
+
+        async def main():
+            self.loop.run_in_executor(None, own_job)
+            await self.loop.shutdown_default_executor()
+
+        self.run(asyncio.wait_for(main(), 10))
+        assert own_done == [True]
+        assert unrelated_done == []  # gevent's pool also serves others
+        unrelated.get(timeout=10)
+
     def test_run_forever_refuses_the_hub(self):
         hub = gevent.get_hub()
         errors = []
