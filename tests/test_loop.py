@@ -503,6 +503,52 @@ class TestHubOnly(TestHubLoop):
 
         self.run(asyncio.wait_for(main(), 10))
 
+    def test_aiohttp_timeout_fires_while_another_task_is_parked(self):
+        aiohttp = pytest.importorskip("aiohttp")
+        from aiohttp import web
+
+        release = asyncio.Event()
+
+        async def slow(request):
+            await release.wait()
+            return web.Response(text="late")
+
+        async def parked():
+            time.sleep(0.5)
+
+        async def main():
+            app = web.Application()
+            app.router.add_get("/", slow)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            blocker = asyncio.ensure_future(parked())
+            await asyncio.sleep(0)  # the blocker is now parked in gevent
+            timeout = aiohttp.ClientTimeout(total=0.1)
+            try:
+                async with aiohttp.ClientSession(timeout=timeout) as session:
+                    with pytest.raises(asyncio.TimeoutError):
+                        await session.get(f"http://127.0.0.1:{port}/")
+                    return blocker.done()
+            finally:
+                release.set()
+                await blocker
+                await runner.cleanup()
+
+        assert self.run(asyncio.wait_for(main(), 20)) is False
+
+    @pytest.mark.skipif(sys.version_info < (3, 12), reason="loop_factory is 3.12+")
+    def test_asyncio_run_with_loop_factory_from_a_greenlet(self):
+        async def main():
+            return type(asyncio.get_running_loop())
+
+        def run():
+            return asyncio.run(main(), loop_factory=HubEventLoop)
+
+        assert gevent.spawn(run).get(timeout=10) is HubEventLoop
+
     def test_contextvars_follow_a_parked_task(self):
         var = contextvars.ContextVar("var")
 

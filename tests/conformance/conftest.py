@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
-import importlib.util
 import os
 import sys
 import typing as t
@@ -30,10 +29,6 @@ STOCK = os.environ.get("GEVENTFLASK_CONFORMANCE_STOCK") == "1"
 #: Seconds one CPython test may wait before it is failed as hung. A hang must
 #: end CI, never stall it; every CPython test here finishes in seconds.
 HANG_LIMIT = 30.0
-
-if importlib.util.find_spec("test.test_asyncio") is None:
-    collect_ignore_glob = ["test_asyncio_*.py"]
-
 
 def new_loop() -> asyncio.AbstractEventLoop:
     """A loop for CPython's ``create_event_loop()`` hooks."""
