@@ -116,7 +116,7 @@ class _HubSelector(selectors.BaseSelector):
     def _watch(self, fd: int, events: int) -> None:
         # ref=False: registered descriptors alone must not keep the hub alive
         # (gevent.wait() would never return); a running loop keeps it alive
-        # through the timer it parks on.
+        # through its keep-alive watcher.
         watcher = self._hub_loop.io(fd, events, ref=False)
         watcher.start(self._io_ready, fd, pass_events=True)
         self._watchers[fd] = watcher
@@ -365,6 +365,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         #: Tasks kept alive until done (only with ``retain_tasks``).
         self.background_tasks: set[asyncio.Task[t.Any]] = set()
         self._signal_watchers: dict[int, t.Any] = {}
+        self._yield_timer = self._hub.loop.timer(0.0)
         super().__init__(selector=_HubSelector(self._io_ready))
         self._agen_firstiter = self._asyncgen_firstiter_hook
         self._agen_finalizer = self._asyncgen_finalizer_hook
@@ -495,6 +496,10 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         if self._state == _PARKED:
             self._wake()
 
+    def close(self) -> None:
+        super().close()
+        self._yield_timer.close()
+
     def _check_thread(self) -> None:
         # asyncio compares threading.get_ident(), which gevent's patching
         # makes per greenlet; thread safety is about OS threads.
@@ -533,9 +538,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._outer_loop = None if outer is self else outer
         _compat.set_running_loop(self)
         self._saved_agen_hooks = sys.get_asyncgen_hooks()
-        sys.set_asyncgen_hooks(
-            firstiter=self._agen_firstiter, finalizer=self._agen_finalizer
-        )
+        # Positional: half the cost of keywords, and this runs on every wake.
+        sys.set_asyncgen_hooks(self._agen_firstiter, self._agen_finalizer)
 
     def _deactivate(self) -> None:
         _compat.set_running_loop(self._outer_loop)
@@ -597,27 +601,28 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
 
     def _park(self, state: int, timeout: float | None) -> None:
         hub = self._hub
+        timer = None
         if state == _YIELDING:
             # A zero timer, not run_callback(): gevent runs callbacks queued
             # by callbacks in the same pass, without polling, for up to its
             # switch interval. A timer fires only after the hub has polled
             # (and run its check watchers, where deferred closes happen).
-            timer = hub.loop.timer(0.0)
-            timer.start(self._resume_cb)
-        else:
-            # A ref'd timer keeps the hub alive while the loop waits, even
-            # with no timeout (registered watchers are not ref'd).
-            if timeout is None or timeout > 86400.0:
-                timeout = 86400.0
-            timer = hub.loop.timer(timeout, ref=True)
+            self._yield_timer.start(self._resume_cb)
+        elif timeout is not None:
+            # Without a timeout nothing needs to fire: the run's keep-alive
+            # watcher (see run_forever) keeps the hub from exiting meanwhile.
+            timer = hub.loop.timer(min(timeout, 86400.0))
             timer.start(self._resume_from_timer, update=True)
         self._state = state
         self._deactivate()
         try:
             hub.switch()
         finally:
-            timer.stop()
-            timer.close()
+            if timer is not None:
+                timer.stop()
+                timer.close()
+            elif state == _YIELDING:
+                self._yield_timer.stop()
             self._state = _RUNNING
             self._activate()
             self._last_yield = _monotonic()
@@ -699,6 +704,10 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         runner = self._runner = _Runner(self)
         self._hub.loop.run_callback(runner.switch)
         interrupted: BaseException | None = None
+        # Registered watchers do not keep the hub alive (gevent.wait() would
+        # never return); a running loop does, through this one watcher.
+        keepalive = self._hub.loop.async_()
+        keepalive.start(_do_nothing)
         try:
             while self._outcome is _PENDING:
                 try:
@@ -715,6 +724,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             if isinstance(self._outcome, BaseException):
                 raise self._outcome
         finally:
+            keepalive.stop()
+            keepalive.close()
             self._outcome = _PENDING
             self._driver = None
             self._stopping = False
@@ -934,6 +945,10 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             # to the hub's pool of real OS threads instead.
             self._default_executor = _NativeThreadExecutor(self._hub)
         return super().run_in_executor(executor, func, *args)
+
+
+def _do_nothing() -> None:
+    pass
 
 
 def _ignore_signal(signum: int, frame: t.Any) -> None:
