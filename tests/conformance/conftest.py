@@ -30,6 +30,7 @@ STOCK = os.environ.get("GEVENTFLASK_CONFORMANCE_STOCK") == "1"
 #: end CI, never stall it; every CPython test here finishes in seconds.
 HANG_LIMIT = 30.0
 
+
 def new_loop() -> asyncio.AbstractEventLoop:
     """A loop for CPython's ``create_event_loop()`` hooks."""
     if STOCK:
