@@ -69,17 +69,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def _hub_loop_policy():
-    """Install the hub policy before each test; CPython's teardown resets it."""
-    if STOCK:
-        asyncio.set_event_loop_policy(None)
-    else:
-        from geventflask import EventLoopPolicy
+    """Install the hub policy before each test; put back the previous one after.
 
-        asyncio.set_event_loop_policy(EventLoopPolicy())
+    CPython's tests reset the policy to asyncio's default when they are done;
+    the rest of this suite must get back whatever it had installed.
+    """
+    with warnings.catch_warnings():
+        # Policies are deprecated from Python 3.14.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = asyncio.get_event_loop_policy()
+        if STOCK:
+            asyncio.set_event_loop_policy(None)
+        else:
+            from geventflask import EventLoopPolicy
+
+            asyncio.set_event_loop_policy(EventLoopPolicy())
     yield
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        asyncio.set_event_loop_policy(None)
+        asyncio.set_event_loop_policy(previous)
 
 
 class HangError(AssertionError):
