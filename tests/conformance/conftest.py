@@ -21,7 +21,8 @@ import typing as t
 import warnings
 
 import pytest
-from known_failures import HANGS, KNOWN_FAILURES
+
+from .known_failures import HANGS, KNOWN_FAILURES
 
 #: True when measuring the baseline: asyncio's stock loop, no known failures.
 STOCK = os.environ.get("GEVENTFLASK_CONFORMANCE_STOCK") == "1"

@@ -18,7 +18,6 @@ pytest.importorskip(
     reason="needs CPython's test package (Debian: libpython3.X-testsuite)",
 )
 
-from conftest import new_loop as loop_under_test  # noqa: E402
 from test.test_asyncio import (  # noqa: E402
     test_events,
     test_sendfile,
@@ -27,6 +26,8 @@ from test.test_asyncio import (  # noqa: E402
     test_sslproto,
 )
 from test.test_asyncio import utils as test_utils  # noqa: E402
+
+from .conftest import new_loop as loop_under_test  # noqa: E402
 
 
 class _OnLoopUnderTest:
