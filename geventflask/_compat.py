@@ -9,8 +9,12 @@ reached differs between versions:
   keyed by loop (the C accelerator's dict when ``_asyncio`` is available).
 * 3.12-3.14: ``asyncio.tasks._swap_current_task(loop, task)`` sets it and
   returns the previous one (3.14 keeps it in the thread state).
+* 3.14: ``asyncio.DefaultEventLoopPolicy`` warns on access; the class is
+  ``asyncio.unix_events._DefaultEventLoopPolicy``.
 * All versions: ``asyncio.events._set_running_loop`` and
   ``asyncio.events._get_running_loop`` set and read the running loop.
+* Subprocesses: ``asyncio.unix_events._UnixSubprocessTransport`` (3.10-3.14);
+  3.10-3.11 also insist on an active ``asyncio.get_child_watcher()``.
 
 One gevent detail lives here too: from gevent 25.8.1, a patched ``os.close()``
 of a pipe or socket only takes effect after the hub's next loop iteration
@@ -27,13 +31,13 @@ import asyncio
 import asyncio.base_events
 import asyncio.events
 import asyncio.tasks
-import asyncio.unix_events
 import sys
 import typing as t
 
 import gevent.os
 
 __all__ = [
+    "DefaultEventLoopPolicy",
     "MAXIMUM_SELECT_TIMEOUT",
     "MIN_CANCELLED_TIMER_HANDLES_FRACTION",
     "MIN_SCHEDULED_TIMER_HANDLES",
@@ -60,9 +64,25 @@ MIN_CANCELLED_TIMER_HANDLES_FRACTION: float = (
 MAXIMUM_SELECT_TIMEOUT: float = asyncio.base_events.MAXIMUM_SELECT_TIMEOUT
 format_handle: t.Callable[[asyncio.Handle], str] = asyncio.base_events._format_handle
 
-#: asyncio's subprocess transport for Unix (3.10-3.14), built by the hub
-#: loop itself so it can wait for the child with gevent's child watcher.
-UnixSubprocessTransport: t.Any = asyncio.unix_events._UnixSubprocessTransport
+if sys.platform != "win32":
+    import asyncio.unix_events
+
+    #: asyncio's subprocess transport for Unix (3.10-3.14), built by the hub
+    #: loop itself so it can wait for the child with gevent's child watcher.
+    UnixSubprocessTransport: t.Any = asyncio.unix_events._UnixSubprocessTransport
+
+#: The policy class EventLoopPolicy extends. From 3.14 the public name is a
+#: deprecated alias (it warns on access) for this private class.
+DefaultEventLoopPolicy: t.Any
+if sys.version_info >= (3, 14):
+    if sys.platform == "win32":
+        import asyncio.windows_events
+
+        DefaultEventLoopPolicy = asyncio.windows_events._DefaultEventLoopPolicy
+    else:
+        DefaultEventLoopPolicy = asyncio.unix_events._DefaultEventLoopPolicy
+else:
+    DefaultEventLoopPolicy = asyncio.DefaultEventLoopPolicy
 
 if sys.version_info < (3, 12):
 

@@ -18,6 +18,7 @@ import weakref
 import greenlet
 from gevent import get_hub
 
+from . import _compat
 from .loop import HubEventLoop
 
 __all__ = ["EventLoopPolicy", "get_loop", "shared_loop_if_running"]
@@ -105,7 +106,7 @@ def _run_shared(loop: HubEventLoop) -> None:
         logger.exception("The shared event loop stopped with an error")
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+class EventLoopPolicy(_compat.DefaultEventLoopPolicy):  # type: ignore[misc]
     """An event loop policy that hands out hub loops, one current loop per hub.
 
     ``asyncio.new_event_loop()`` (and so ``asyncio.run()``) gives a fresh

@@ -22,11 +22,16 @@ _close_now = get_original("os", "close")
 @pytest.fixture
 def policy():
     policy = EventLoopPolicy()
-    asyncio.set_event_loop_policy(policy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.14+
+        previous = asyncio.get_event_loop_policy()
+        asyncio.set_event_loop_policy(policy)
     try:
         yield policy
     finally:
-        asyncio.set_event_loop_policy(None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(previous)
 
 
 def in_real_thread(fn):
