@@ -33,13 +33,12 @@ class _HubLoops:
         self.pid = os.getpid()
         self.shared: HubEventLoop | None = None
         self.shared_driver: greenlet.greenlet | None = None
-        self.current: asyncio.AbstractEventLoop | None = None
-        self.current_set = False
 
 
-# asyncio's default policy keeps its loop in a threading.local subclass.
-# After patch_all() that class is greenlet-local, so every request greenlet
-# would see a different loop. Key loops by hub (one per OS thread) instead.
+# The shared loop is one per hub (one per OS thread), never per greenlet:
+# asyncio's default policy keeps its loop in a threading.local subclass,
+# which patch_all() makes greenlet-local, so every request greenlet would get
+# a loop of its own.
 _per_hub: weakref.WeakKeyDictionary[t.Any, _HubLoops] = weakref.WeakKeyDictionary()
 
 
@@ -107,28 +106,39 @@ def _run_shared(loop: HubEventLoop) -> None:
 
 
 class EventLoopPolicy(_compat.DefaultEventLoopPolicy):  # type: ignore[misc]
-    """An event loop policy that hands out hub loops, one current loop per hub.
+    """An event loop policy that hands out hub loops.
 
     ``asyncio.new_event_loop()`` (and so ``asyncio.run()``) gives a fresh
     :class:`HubEventLoop`. ``asyncio.get_event_loop()`` outside a coroutine
-    gives the loop set with ``asyncio.set_event_loop()`` for this OS thread,
-    or, if none was set, the worker's shared loop (:func:`get_loop`).
+    gives the loop this greenlet set with ``asyncio.set_event_loop()``, or,
+    if it set none, the worker's shared loop (:func:`get_loop`), the same
+    for every greenlet of the hub.
 
     .. versionadded:: 0.1
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Loops set with set_event_loop(), per greenlet: asyncio.run() in one
+        # sync greenlet sets its loop and then None, which must not change
+        # what every other greenlet of the hub gets.
+        self._set_loops: weakref.WeakKeyDictionary[
+            greenlet.greenlet, asyncio.AbstractEventLoop | None
+        ] = weakref.WeakKeyDictionary()
 
     def new_event_loop(self) -> HubEventLoop:
         return HubEventLoop()
 
     def get_event_loop(self) -> asyncio.AbstractEventLoop:
-        loops = _loops_of_this_hub()
-        if loops.current is not None:
-            return loops.current
-        if loops.current_set:
+        current = greenlet.getcurrent()
+        if current not in self._set_loops:
+            return get_loop()
+        loop = self._set_loops[current]
+        if loop is None:
             raise RuntimeError(
                 f"There is no current event loop in thread {_current_thread_name()!r}."
             )
-        return get_loop()
+        return loop
 
     def set_event_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
@@ -136,9 +146,7 @@ class EventLoopPolicy(_compat.DefaultEventLoopPolicy):  # type: ignore[misc]
                 f"loop must be an instance of AbstractEventLoop or None,"
                 f" not '{type(loop).__name__}'"
             )
-        loops = _loops_of_this_hub()
-        loops.current = loop
-        loops.current_set = True
+        self._set_loops[greenlet.getcurrent()] = loop
         # Keep the base policy's child-watcher bookkeeping (3.10-3.11).
         watcher = getattr(self, "_watcher", None)
         if watcher is not None and loop is not None:

@@ -87,19 +87,29 @@ def test_get_event_loop_falls_back_to_the_shared_loop(policy):
     assert gevent.spawn(policy.get_event_loop).get(timeout=10) is get_loop()
 
 
-def test_set_event_loop_is_per_hub_not_per_greenlet(policy):
+def test_set_event_loop_is_per_greenlet_over_the_shared_loop(policy):
     mine = HubEventLoop()
     try:
         asyncio.set_event_loop(mine)
-        # After patch_all() threading.local is greenlet-local; the policy
-        # must not be.
-        assert gevent.spawn(asyncio.get_event_loop).get(timeout=10) is mine
+        assert asyncio.get_event_loop() is mine
+        # Other greenlets keep the shared loop: asyncio.run() in one sync
+        # view sets and then clears its loop, which must not leak.
+        assert gevent.spawn(asyncio.get_event_loop).get(timeout=10) is get_loop()
         asyncio.set_event_loop(None)
         with pytest.raises(RuntimeError, match="There is no current event loop"):
             policy.get_event_loop()
+        assert gevent.spawn(asyncio.get_event_loop).get(timeout=10) is get_loop()
+        assert EventLoopPolicy().get_event_loop() is get_loop()  # a fresh policy
     finally:
         mine.close()
-        policy.set_event_loop(None)
+
+
+def test_asyncio_run_in_a_greenlet_leaves_others_on_the_shared_loop(policy):
+    async def inner():
+        return asyncio.get_running_loop()
+
+    gevent.spawn(asyncio.run, inner()).get(timeout=10)
+    assert asyncio.get_event_loop() is get_loop()
 
 
 def test_set_event_loop_rejects_non_loops(policy):
