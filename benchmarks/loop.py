@@ -41,8 +41,15 @@ QUICK_SCALE = 0.1
 def run_child(contender: str, scale: float, repeat: int) -> dict[str, t.Any]:
     """Start one contender's process and return what it measured."""
     command = [
-        sys.executable, "-m", "benchmarks.loop",
-        "--child", contender, "--scale", str(scale), "--repeat", str(repeat),
+        sys.executable,
+        "-m",
+        "benchmarks.loop",
+        "--child",
+        contender,
+        "--scale",
+        str(scale),
+        "--repeat",
+        str(repeat),
     ]
     if shutil.which("taskset"):
         command = ["taskset", "-c", "0", *command]
@@ -134,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         record = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join(["python", "-m", "benchmarks.loop", *(argv or sys.argv[1:])]),
+            "command": " ".join(
+                ["python", "-m", "benchmarks.loop", *(argv or sys.argv[1:])]
+            ),
             "python": sys.version.split()[0],
             "scale": scale,
             "us_per_op": results,

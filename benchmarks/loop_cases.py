@@ -115,7 +115,10 @@ async def tcp_echo(n: int) -> tuple[int, float]:
     echo server on the same loop over loopback TCP."""
     per_client = max(1, n // ECHO_CLIENTS)
 
+    handlers: list[asyncio.Task[t.Any]] = []
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         while line := await reader.readline():
             writer.write(line)
             await writer.drain()
@@ -137,9 +140,30 @@ async def tcp_echo(n: int) -> tuple[int, float]:
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(ECHO_CLIENTS)))
     took = time.perf_counter() - started
+    await asyncio.gather(*handlers)  # each ends when its client hangs up
     server.close()
     await server.wait_closed()
     return per_client * ECHO_CLIENTS, took
+
+
+async def tcp_connect(n: int) -> tuple[int, float]:
+    """*n* stream connections opened to a server on the same loop and closed
+    again, one after another: DNS-free connect, accept, close."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    started = time.perf_counter()
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        await writer.wait_closed()
+    took = time.perf_counter() - started
+    server.close()
+    await server.wait_closed()
+    return n, took
 
 
 AIOHTTP_CLIENTS = 10
@@ -188,5 +212,6 @@ CASES: dict[str, tuple[Case, int, str]] = {
     "sleep(0), 1,000 idle sockets": (sleep0_idle_sockets, 50_000, "await checkpoint"),
     "queue ping-pong": (queue_ping_pong, 30_000, "round trip"),
     "TCP echo, 100 clients": (tcp_echo, 100_000, "round trip"),
+    "TCP connect + close": (tcp_connect, 2_000, "connection"),
     "aiohttp GET, 10 clients": (aiohttp_round_trip, 5_000, "request"),
 }

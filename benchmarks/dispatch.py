@@ -1,0 +1,153 @@
+"""Async dispatch cost: what an ``async def`` view adds to a Flask request.
+
+``python -m benchmarks.dispatch [--n 20000]``
+
+In one gevent-patched process, with no HTTP server in the way, it times:
+
+* ``await_(coro)`` from a request-like greenlet (the hub round trip);
+* ``app.ensure_sync(view)()`` for a coroutine view (Flask's wrapper + await_);
+* a whole Flask request through ``app.wsgi_app`` for the sync and the async
+  hello views: the difference is the async dispatch cost (issue 4's goal:
+  at most 20 microseconds);
+* the same async request with Flask's documented gevent recipe
+  (``run_coroutine_threadsafe`` to a stock loop in a greenlet), for scale.
+
+Children of this module's process run nothing else; pin it with
+``taskset -c 0`` for steadier figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import typing as t
+
+
+def per_call_us(fn: t.Callable[[], object], n: int, repeat: int = 3) -> float:
+    """Fastest of *repeat* runs of *n* calls, in microseconds per call."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - started) / n * 1e6)
+    return best
+
+
+def wsgi_caller(app: t.Any, path: str) -> t.Callable[[], object]:
+    """Calls *app* like a WSGI server would, with a minimal GET environ."""
+    import io
+
+    base = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
+    ) -> None:
+        if not status.startswith("200"):
+            raise RuntimeError(f"{path} answered {status}")
+
+    def call() -> object:
+        environ = dict(base, **{"wsgi.input": io.BytesIO()})
+        body = app.wsgi_app(environ, start_response)
+        for _ in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+        return body
+
+    return call
+
+
+def measure(n: int) -> dict[str, float]:
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+
+    import geventflask
+
+    geventflask.patch()
+    from flask import Flask
+
+    from .apps import flask_recipe
+    from .apps.common import HELLO
+
+    async def nothing() -> None:
+        return None
+
+    def build(app: Flask) -> Flask:
+        @app.get("/hello")
+        def hello() -> str:
+            return HELLO
+
+        @app.get("/ahello")
+        async def ahello() -> str:
+            return HELLO
+
+        return app
+
+    app = build(Flask("dispatch"))
+    recipe = build(flask_recipe.RecipeFlask("recipe"))
+    figures: dict[str, float] = {}
+
+    def in_greenlet() -> None:
+        # Requests run in greenlets spawned by the server, never in the
+        # main greenlet; measure from the same place.
+        figures["await_(coroutine)"] = per_call_us(
+            lambda: geventflask.await_(nothing()), n
+        )
+        wrapped = app.ensure_sync(nothing)
+        figures["wrapper made once, called"] = per_call_us(wrapped, n)
+        figures["app.ensure_sync(view)() per request"] = per_call_us(
+            lambda: app.ensure_sync(nothing)(), n
+        )
+        figures["Flask request, sync view"] = per_call_us(wsgi_caller(app, "/hello"), n)
+        figures["Flask request, async view"] = per_call_us(
+            wsgi_caller(app, "/ahello"), n
+        )
+        figures["recipe: Flask request, async view"] = per_call_us(
+            wsgi_caller(recipe, "/ahello"), n
+        )
+
+    gevent.spawn(in_greenlet).get()
+    figures["async dispatch (async - sync request)"] = (
+        figures["Flask request, async view"] - figures["Flask request, sync view"]
+    )
+    figures["recipe: async dispatch"] = (
+        figures["recipe: Flask request, async view"]
+        - figures["Flask request, sync view"]
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dispatch")
+    parser.add_argument("--n", type=int, default=20_000, help="calls per timing")
+    args = parser.parse_args(argv)
+    figures = measure(args.n)
+    print(f"$ python -m benchmarks.dispatch {' '.join(argv or sys.argv[1:])}")
+    for name, value in figures.items():
+        print(f"  {name:<42}{value:>8.1f} us")
+    goal = figures["async dispatch (async - sync request)"]
+    print(f"  goal: async dispatch <= 20 us: {'ok' if goal <= 20 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
