@@ -31,12 +31,13 @@ request_id = contextvars.ContextVar("request_id", default="unset")
 def loop_reports_no_errors():
     """Nothing a test does may reach the shared loop's exception handler."""
     loop = get_loop()
+    previous = loop.get_exception_handler()
     reported = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     try:
         yield
     finally:
-        loop.set_exception_handler(None)
+        loop.set_exception_handler(previous)
     assert reported == []
 
 
