@@ -46,6 +46,10 @@ def patch(**patch_all_kwargs: t.Any) -> None:
     the app with ``--preload`` it warns and leaves the work to each worker,
     right after fork.
 
+    Called too late, it still patches, but warns (:class:`RuntimeWarning`,
+    naming the fix): while an asyncio loop runs, whose waits stay unpatched,
+    or after ``ssl`` was imported, whose sockets may then block the worker.
+
     :param patch_all_kwargs: Passed to :func:`gevent.monkey.patch_all`.
 
     .. versionadded:: 0.1
