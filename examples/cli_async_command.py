@@ -18,9 +18,6 @@ import asyncio  # noqa: E402
 import click  # noqa: E402
 from flask import Flask, current_app  # noqa: E402
 
-from geventflask.cli import install  # noqa: E402
-
-install()  # lets @app.cli.command() decorate async def
 app = Flask(__name__)
 app.config["GREETING"] = "Hello"
 

@@ -7,7 +7,8 @@ Layering, strict from bottom to top (each layer imports only those below):
 * ``policy``: :func:`get_loop` (one shared loop per hub) and the policy.
 * ``bridge``: ``await_``, ``async_to_sync``, ``sync_to_async``.
 * ``shutdown``: draining background tasks when a worker stops.
-* ``flask_hooks``, ``extension``, ``worker``: Flask and gunicorn facing; they
+* ``flask_hooks``, ``extension``, ``websocket``, ``cli``, ``templating``,
+  ``worker``, ``pytest_plugin``: Flask, gunicorn and pytest facing; they
   use only the public names of the layers below.
 
 Importing this package runs nothing but :mod:`geventflask.patching`: importing
@@ -31,6 +32,7 @@ if t.TYPE_CHECKING:
     from .loop import HubEventLoop as HubEventLoop
     from .policy import EventLoopPolicy as EventLoopPolicy
     from .policy import get_loop as get_loop
+    from .websocket import Sock as Sock
     from .worker import GeventWorker as GeventWorker
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "GeventFlask",
     "GeventWorker",
     "HubEventLoop",
+    "Sock",
     "async_to_sync",
     "await_",
     "get_loop",
@@ -53,6 +56,7 @@ _HOME = {
     "GeventFlask": "extension",
     "GeventWorker": "worker",
     "HubEventLoop": "loop",
+    "Sock": "websocket",
     "async_to_sync": "bridge",
     "await_": "bridge",
     "get_loop": "policy",

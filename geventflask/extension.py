@@ -147,11 +147,9 @@ def _adopt_gunicorn_worker() -> None:
     and shutdown (see :func:`geventflask.worker.adopt`)."""
     if "gunicorn.workers.ggevent" not in sys.modules:
         return  # not in a gunicorn gevent worker; importing gunicorn is not ours to do
-    from .worker import adopt, gunicorn_worker_on_stack
+    from .worker import adopt_worker_on_stack
 
-    worker = gunicorn_worker_on_stack()
-    if worker is not None:
-        adopt(worker)
+    adopt_worker_on_stack()
 
 
 def start_all() -> None:

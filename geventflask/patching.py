@@ -101,15 +101,22 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
     if sys.version_info < (3, 14):
         asyncio.set_event_loop_policy(EventLoopPolicy())
 
-    from . import flask_hooks
+    from . import cli, flask_hooks
     from .shutdown import shut_down_at_exit
 
     flask_hooks.install()
+    cli.install()  # @app.cli.command() takes async def too
     # Under plain -k gevent nothing else waits for background tasks; at
     # exit they get GEVENTFLASK_SHUTDOWN_TIMEOUT seconds (GeventWorker drains
     # earlier, within graceful_timeout, and this becomes a no-op).
     atexit.register(shut_down_at_exit)
     _patched = True
+    if "gunicorn.workers.ggevent" in sys.modules:
+        # Under -k gevent, drain within the worker's graceful_timeout rather
+        # than at exit, where the master's SIGKILL may come first.
+        from .worker import adopt_worker_on_stack
+
+        adopt_worker_on_stack()
 
 
 def _patch_if_worker(patch_all_kwargs: dict[str, t.Any]) -> None:

@@ -158,6 +158,14 @@ def gunicorn_worker_on_stack() -> t.Any:
     return None
 
 
+def adopt_worker_on_stack() -> None:
+    """Under gunicorn's ``-k gevent``, give the worker that is loading the
+    app (or serving the request) geventflask's startup and shutdown."""
+    worker = gunicorn_worker_on_stack()
+    if worker is not None:
+        adopt(worker)
+
+
 def adopt(worker: t.Any) -> None:
     """Give gunicorn's plain gevent *worker* what :class:`GeventWorker` does
     besides patching: the ``before_serving`` hooks before it serves (if it

@@ -8,6 +8,7 @@ CONTRACT = [
     "GeventFlask",
     "GeventWorker",
     "HubEventLoop",
+    "Sock",
     "async_to_sync",
     "await_",
     "get_loop",

@@ -154,13 +154,23 @@ def test_sigint_is_a_quick_stop_that_cancels_at_once(live_server, tmp_path, work
     assert [event[0] for event in serving_events(server)] == ["before", "after"]
 
 
-def test_patch_alone_drains_at_exit_under_k_gevent(live_server, tmp_path):
-    # No GeventFlask extension: only the atexit hook of patch() waits.
-    server = start_with_markers(live_server, tmp_path, "plain_app:app", "gevent")
+def test_patch_alone_drains_within_graceful_timeout_under_k_gevent(
+    live_server, tmp_path
+):
+    # No GeventFlask extension: patch() itself gives gunicorn's worker the
+    # drain, within graceful_timeout, so the master's SIGKILL never comes
+    # first and a task past the deadline is cancelled, not killed.
+    server = start_with_markers(
+        live_server, tmp_path, "plain_app:app", "gevent", "--graceful-timeout", "5"
+    )
     get_json(server.url + "/task/pending?seconds=2")
+    get_json(server.url + "/task/late?seconds=60")
     server.signal(signal.SIGTERM)
     assert server.wait(20) == 0
     assert (server.markers / "done-pending").exists(), server.log()
+    assert (server.markers / "finally-late").exists(), server.log()
+    assert not (server.markers / "done-late").exists()
+    assert "Cancelling background task marker-task-late" in server.log()
 
 
 @pytest.mark.parametrize("worker", WORKERS)

@@ -1,5 +1,5 @@
-"""An app with ``geventflask.patch()`` and nothing else: no extension, so under
-``-k gevent`` only the atexit hook that ``patch()`` registers drains its tasks."""
+"""An app with ``geventflask.patch()`` and nothing else (no extension): under
+``-k gevent``, ``patch()`` alone must give the worker its drain."""
 
 import geventflask
 
