@@ -4,8 +4,18 @@ Flask turns each ``async def`` view, hook and error handler into a sync
 callable through :meth:`flask.Flask.async_to_sync`, a hook its docs invite
 overriding. Flask's own version starts a thread and a fresh event loop per
 call (asgiref); ours runs the coroutine as a task on the shared hub loop
-while the request greenlet waits cooperatively. Only that documented hook is
-replaced, never Flask internals.
+while the request greenlet waits cooperatively.
+
+Flask also turns whatever a view returns into a response through
+:meth:`flask.Flask.make_response`, which rejects async generators, and WSGI
+servers iterate a body synchronously. Ours lets async iterables through as
+streamed bodies (see :mod:`geventflask.streaming`) and hands everything else
+to Flask's own method unchanged.
+
+Both are public methods, replaced on :class:`flask.Flask` itself rather than
+through a subclass, so apps that subclass Flask (and extensions that do) get
+them too; a subclass that overrides either and calls ``super()`` keeps
+them. Flask internals are never touched.
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ import types
 import typing as t
 
 from .bridge import async_to_sync
+from .streaming import is_async_body, stream_async_body
 
-__all__ = ["install", "run_on_hub_loop"]
+__all__ = ["install", "make_response_streaming_async", "run_on_hub_loop"]
 
 
 def run_on_hub_loop(
@@ -48,16 +59,40 @@ _FunctionType = types.FunctionType
 _WRAPPER_ATTRIBUTE = "_geventflask_sync"
 
 
+def make_response_streaming_async(self: t.Any, rv: t.Any) -> t.Any:
+    """Flask's :meth:`~flask.Flask.make_response`, which also takes an async
+    iterable (an async generator, say) as the body: returned alone, in a
+    ``(body, status, headers)`` tuple, or in ``Response(body)``.
+
+    Installed as ``flask.Flask.make_response`` by :func:`geventflask.patch`.
+    The body streams chunk by chunk as the generator yields, with
+    :func:`flask.stream_with_context` semantics, and is closed with
+    ``aclose()`` when the server closes the response (a client that went
+    away); see :mod:`geventflask.streaming`.
+    """
+    if type(rv) is tuple and rv and is_async_body(rv[0]):
+        rv = (stream_async_body(rv[0]), *rv[1:])
+    elif is_async_body(rv):
+        rv = stream_async_body(rv)
+    response = _flask_make_response(self, rv)
+    if is_async_body(response.response):
+        response.response = stream_async_body(response.response)
+    return response
+
+
+_flask_make_response: t.Callable[[t.Any, t.Any], t.Any]
 _installed = False
 
 
 def install() -> None:
     """Make every :class:`flask.Flask`, and each subclass that keeps the
-    hook, run coroutine handlers on the hub loop."""
-    global _installed
+    hooks, run coroutine handlers on the hub loop and stream async bodies."""
+    global _installed, _flask_make_response
     if _installed:
         return
     import flask
 
     flask.Flask.async_to_sync = run_on_hub_loop  # type: ignore[method-assign]
+    _flask_make_response = flask.Flask.make_response
+    flask.Flask.make_response = make_response_streaming_async  # type: ignore[method-assign]
     _installed = True
