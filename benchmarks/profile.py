@@ -82,6 +82,37 @@ def summarize(stacks: list[tuple[list[str], int]], top: int) -> str:
     return "\n".join(lines)
 
 
+def find_py_spy() -> str | None:
+    beside_python = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return shutil.which("py-spy") or (
+        beside_python if os.path.exists(beside_python) else None
+    )
+
+
+def sample(py_spy: str, pid: int, args: argparse.Namespace, output: str) -> None:
+    """Record *pid*'s stacks for ``args.seconds`` into *output* (collapsed)."""
+    subprocess.run(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(args.seconds),
+            "--rate",
+            str(args.rate),
+            "--format",
+            "raw",
+            "--output",
+            output,
+            "--nonblocking",
+            "--function",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile")
     parser.add_argument(
@@ -96,15 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--keep", help="also save the collapsed stacks to this file")
     args = parser.parse_args(argv)
-    py_spy = shutil.which("py-spy") or os.path.join(
-        os.path.dirname(sys.executable), "py-spy"
-    )
-    if not os.path.exists(py_spy):
+    py_spy = find_py_spy()
+    if py_spy is None:
         print("py-spy is not installed; install the 'bench' extra.", file=sys.stderr)
         return 2
     peer = next(p for p in PEERS if p.name == args.peer)
     path = args.path or peer.paths[peer.hello]
-    with Server(peer.command) as server, tempfile.TemporaryDirectory() as scratch:
+    upstream = Server(
+        [sys.executable, "-m", "benchmarks.apps.upstream", "{port}"], cpu=1
+    )
+    server = Server(peer.command, env={"BENCH_UPSTREAM_URL": upstream.base_url + "/"})
+    with upstream, server, tempfile.TemporaryDirectory() as scratch:
+        upstream.start("/")
         server.start(path)
         run_load(server.base_url, [path], args.connections, 2)  # warm up
         load = threading.Thread(
@@ -113,30 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         load.start()
         collapsed = args.keep or os.path.join(scratch, "stacks.txt")
-        subprocess.run(
-            [
-                py_spy,
-                "record",
-                "--pid",
-                str(server.worker_pid()),
-                "--duration",
-                str(args.seconds),
-                "--rate",
-                str(args.rate),
-                "--format",
-                "raw",
-                "--output",
-                collapsed,
-                "--nonblocking",
-                "--function",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        sample(py_spy, server.worker_pid(), args, collapsed)
         load.join()
-        print(f"$ python -m benchmarks.profile {' '.join(argv or sys.argv[1:])}")
-        print(f"{peer.label}, GET {path}, c={args.connections}")
-        print(summarize(read_collapsed(collapsed), args.top))
+        stacks = read_collapsed(collapsed)
+    print(f"$ python -m benchmarks.profile {' '.join(argv or sys.argv[1:])}")
+    print(f"{peer.label}, GET {path}, c={args.connections}")
+    print(summarize(stacks, args.top))
     return 0
 
 
