@@ -17,10 +17,18 @@ import logging
 import time
 import typing as t
 
+import gevent
+
 from .bridge import await_
 from .policy import shared_loop_if_running
 
-__all__ = ["drain", "shut_down", "shut_down_at_exit", "use_deadline"]
+__all__ = [
+    "drain",
+    "shut_down",
+    "shut_down_at_exit",
+    "start_draining",
+    "use_deadline",
+]
 
 logger = logging.getLogger("geventflask")
 
@@ -70,6 +78,34 @@ async def _wait(tasks: set[asyncio.Task[t.Any]], timeout: float) -> None:
         await asyncio.wait(tasks, timeout=timeout)
 
 
+def _budget(time_left: float) -> tuple[float, float]:
+    """Split *time_left* into (seconds to wait for tasks, seconds of grace
+    for the cancelled ones), keeping :data:`RESERVE` back."""
+    time_left = max(0.0, time_left)
+    reserve = min(RESERVE, time_left / 4)
+    return time_left - reserve, min(CANCEL_GRACE, reserve / 2)
+
+
+#: The greenlet draining since the stop signal, if one was started.
+_early_drain: gevent.Greenlet[t.Any, t.Any] | None = None
+
+
+def start_draining(time_left: float) -> None:
+    """Begin draining now, while the server still waits for in-flight requests.
+
+    gunicorn's worker waits for open connections for up to the whole
+    ``graceful_timeout``, which is also when the master kills it; draining
+    only afterwards would leave no time to cancel what is left. Started at
+    the stop signal, the drain cancels leftover tasks (running their
+    ``finally`` blocks) before that deadline whatever the connections do.
+    Call once per stop, from any greenlet (signal handlers included).
+    """
+    global _early_drain
+    if _early_drain is None:
+        wait, grace = _budget(time_left)
+        _early_drain = gevent.spawn(drain, wait, grace)
+
+
 _shut_down = False
 
 
@@ -77,8 +113,9 @@ def shut_down(time_left: float, *, quick: bool = False) -> None:
     """Drain background tasks, then run the ``after_serving`` hooks, all
     within *time_left* seconds (the time before the worker gets killed).
 
-    A *quick* stop (gunicorn's SIGINT or SIGQUIT: Ctrl-C) waits for no
-    task: they are cancelled at once.
+    A *quick* stop (gunicorn's SIGINT or SIGQUIT: Ctrl-C; or the master's
+    SIGABRT for a worker silent past ``--timeout``) waits for no task: they
+    are cancelled at once.
 
     Runs once per process: when the worker stops serving, or at interpreter
     exit otherwise.
@@ -89,18 +126,20 @@ def shut_down(time_left: float, *, quick: bool = False) -> None:
     _shut_down = True
     from .extension import stop_all
 
-    time_left = max(0.0, time_left)
-    reserve = min(RESERVE, time_left / 4)
-    cancel_grace = min(CANCEL_GRACE, reserve / 2)
+    started = time.monotonic()
+    if _early_drain is not None:
+        _early_drain.join()
+        time_left -= time.monotonic() - started
+    wait, cancel_grace = _budget(time_left)
     try:
         if quick:
             drain(
                 0.0,
                 cancel_grace,
-                why="the worker is stopping quickly (SIGINT or SIGQUIT)",
+                why="the worker is stopping quickly (SIGINT, SIGQUIT or --timeout)",
             )
         else:
-            drain(time_left - reserve, cancel_grace)
+            drain(wait, cancel_grace)
     finally:
         stop_all()
 

@@ -15,8 +15,10 @@ import logging
 import signal
 import sys
 import time
+import traceback
 import types
 import typing as t
+import warnings
 
 import gevent
 from gunicorn.workers.ggevent import (  # type: ignore[import-untyped]
@@ -60,12 +62,20 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
         # the drain deadline counts from the first of them.
         if not value and self.stopping_since is None:
             self.stopping_since = time.monotonic()
+            _begin_stop(self, self)
         self._alive = value
 
     def handle_quit(self, sig: int, frame: t.Any) -> None:
         # SIGQUIT / SIGINT: the master wants a quick stop, not a drain.
         self.quick_stop = True
         super().handle_quit(sig, frame)
+
+    def handle_abort(self, sig: int, frame: t.Any) -> None:
+        # SIGABRT: the master found this worker silent for --timeout seconds,
+        # and sends SIGKILL next. Cancel, don't drain, and say what blocked.
+        self.quick_stop = True
+        warn_worker_timeout(self.cfg.timeout, frame)
+        super().handle_abort(sig, frame)
 
     def patch(self) -> None:
         from .patching import _patch
@@ -180,7 +190,7 @@ def adopt(worker: t.Any) -> None:
         return
     worker._geventflask_adopted = True
     _route_logs_to(worker.log)
-    stop_clock = _StopClock()
+    stop_clock = _StopClock(worker)
     stop_clock.install()
 
     from .shutdown import use_deadline
@@ -204,28 +214,82 @@ def adopt(worker: t.Any) -> None:
 class _StopClock:
     """Notes when a stop signal arrived, and whether it asks for a quick
     stop, then lets gunicorn's handler run (what :class:`GeventWorker`
-    learns from its own ``alive`` and ``handle_quit``)."""
+    learns from its own ``alive``, ``handle_quit`` and ``handle_abort``)."""
 
     stopping_since: float | None = None
     quick_stop = False
 
+    def __init__(self, worker: t.Any) -> None:
+        self.worker = worker
+        #: The worker's ``--timeout``, for the message when it is exceeded.
+        self.timeout = worker.cfg.timeout
+
     def install(self) -> None:
         try:
-            for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+            for signum in (
+                signal.SIGTERM,
+                signal.SIGQUIT,
+                signal.SIGINT,
+                signal.SIGABRT,
+            ):
                 signal.signal(signum, self._chain(signum, signal.getsignal(signum)))
         except ValueError:
             pass  # not the main thread: the deadline counts from exit instead
 
     def _chain(self, signum: int, previous: t.Any) -> t.Callable[[int, t.Any], None]:
         def note(received: int, frame: t.Any) -> None:
-            if self.stopping_since is None:
+            first = self.stopping_since is None
+            if first:
                 self.stopping_since = time.monotonic()
             if signum != signal.SIGTERM:
                 self.quick_stop = True
+            if first:
+                _begin_stop(self.worker, self)
+            if signum == signal.SIGABRT:
+                warn_worker_timeout(self.timeout, frame)
             if callable(previous):
                 previous(received, frame)
 
         return note
+
+
+def _begin_stop(worker: t.Any, stop: _StopState) -> None:
+    """The first moment of a stop (this may run in a signal handler).
+
+    Open WebSockets get close code 1001 at once, from a greenlet of their
+    own: a WebSocket stays open until a side closes it, so it would hold
+    the worker for its whole ``graceful_timeout``. On a graceful stop the
+    background tasks start draining now, alongside gunicorn's wait for
+    in-flight requests.
+    """
+    websocket = sys.modules.get("geventflask.websocket")
+    if websocket is not None:
+        gevent.spawn(websocket.close_all)
+    if not stop.quick_stop and "geventflask.shutdown" in sys.modules:
+        from .shutdown import start_draining
+
+        start_draining(_time_left(worker, stop.stopping_since))
+
+
+def warn_worker_timeout(timeout: float, frame: types.FrameType | None) -> None:
+    """Say loudly that the master is killing this worker for silence, and
+    where the code was when the signal arrived (usually what blocked)."""
+    where = "".join(traceback.format_stack(frame)) if frame is not None else ""
+    logging.getLogger("geventflask").error(
+        "The worker was blocked when the master killed it; it was running:\n%s",
+        where,
+    )
+    warnings.warn(
+        f"geventflask: the gunicorn master is killing this worker because it"
+        f" did not report for {timeout} s (--timeout): something blocked the"
+        f" gevent hub, such as CPU-bound Python code or a C extension call"
+        f" that holds the GIL and never yields. To fix this, run such code in a"
+        f" thread with geventflask.sync_to_async(fn, thread=True) (or"
+        f" gevent.get_hub().threadpool), use a gevent-cooperative driver, or"
+        f" raise --timeout if the work is legitimately long.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def _route_logs_to(log: t.Any) -> None:
