@@ -39,6 +39,23 @@ DEFAULTS: dict[str, t.Any] = {
     # Run before_serving hooks before the first request when no
     # GeventWorker ran them at startup.
     "GEVENTFLASK_SERVE_HOOKS_ON_FIRST_REQUEST": True,
+    # Diagnostics (geventflask.monitor, geventflask.health), all off by
+    # default; any of the next four puts a small WSGI middleware in front
+    # of the app. Set them before init_app().
+    # Seconds a greenlet or asyncio task may hold the gevent hub before it
+    # is logged, with its route or task name and stack (0.1 is a good start).
+    "GEVENTFLASK_BLOCKING_THRESHOLD": None,
+    # Path of a health probe answered before Flask's dispatch, e.g. "/-/health".
+    "GEVENTFLASK_HEALTH_PATH": None,
+    # Send the probe's gauges to gunicorn's statsd (--statsd-host) and to
+    # prometheus_client gauges every GEVENTFLASK_METRICS_INTERVAL seconds.
+    "GEVENTFLASK_METRICS": False,
+    # Path serving prometheus_client's text format, e.g. "/-/metrics"
+    # (needs the 'metrics' extra; implies GEVENTFLASK_METRICS).
+    "GEVENTFLASK_METRICS_PATH": None,
+    "GEVENTFLASK_METRICS_INTERVAL": 5.0,
+    # The probe answers 503 while the loop lag exceeds this many seconds.
+    "GEVENTFLASK_HEALTH_MAX_LAG": None,
 }
 
 _extensions: weakref.WeakSet[GeventFlask] = weakref.WeakSet()
@@ -83,6 +100,9 @@ class GeventFlask:
         app.before_request(self._serve_before_first_request)
         _extensions.add(self)
         _adopt_gunicorn_worker()
+        from . import health
+
+        health.init_app(app)
 
     def before_serving(self, fn: H) -> H:
         """Register *fn* to run once per worker before it serves requests."""
