@@ -5,8 +5,50 @@ patches nothing and creates no loop; :meth:`GeventWorker.patch` runs in the
 worker process, after fork.
 
 Apps served by gunicorn's own ``-k gevent`` worker get the same startup and
-shutdown when they use :class:`~geventflask.GeventFlask`: the extension finds
-the worker on the call stack and hands it to :func:`adopt`.
+shutdown when they use :class:`~geventflask.GeventFlask` or call
+:func:`geventflask.patch`: the worker is found on the call stack and handed
+to :func:`adopt`.
+
+What each way of stopping does
+------------------------------
+
+The clock is ``graceful_timeout`` (30 s by default), counted from the stop:
+on SIGTERM the master kills the worker when it runs out.
+
+=================  ====================  ===============  =====================
+How it stops       In-flight requests    Open WebSockets  Background tasks
+=================  ====================  ===============  =====================
+SIGTERM            finish (the server    closed at once   drain until shortly
+                   stops accepting)      with 1001        before the deadline,
+                                                          then are cancelled
+SIGHUP (reload),   the same, in the old  the same         the same, in the old
+``max_requests``   worker; a new one                      worker
+                   serves meanwhile
+SIGINT, SIGQUIT    cut off               1001 sent, best  cancelled at once
+                                         effort
+``--timeout``      the one blocking the  1001 sent, best  cancelled at once if
+(SIGABRT, then     hub is interrupted;   effort           the worker gets the
+SIGKILL)           others cut off                         GIL back before
+                                                          SIGKILL
+SIGKILL            lost                  lost             lost
+=================  ====================  ===============  =====================
+
+A cancelled task's ``finally`` blocks run (for up to a second), and each is
+logged by name with the reason. Draining starts at the stop signal, next to
+gunicorn's own wait for in-flight requests, so tasks are cancelled before
+the master's deadline even when a request runs until it. The
+``after_serving`` hooks run once requests and tasks are done; a request
+still running at the deadline dies with the worker, and so do those hooks.
+Under plain ``-k gevent``, ``max_requests`` recycling drains only after the
+last request ends (nothing tells the adopted worker earlier).
+
+A client that goes away does not cancel its view: gunicorn notices only when
+it writes the answer, so the view runs to completion and the answer is
+dropped; a streamed body's generator is closed at its next chunk.
+
+When the master kills a worker for ``--timeout``, something held the hub:
+CPU-bound code, or a C extension call that keeps the GIL. The worker warns
+(:class:`RuntimeWarning`, naming the fix) and logs the stack it was running.
 """
 
 from __future__ import annotations

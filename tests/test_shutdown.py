@@ -133,6 +133,7 @@ def test_every_task_finishes_or_is_cancelled_and_logged(
         assert get(server.url + "/").status_code == 200
     if how == "timeout":
         log = server.log()
+        assert "RuntimeWarning: geventflask: the gunicorn master is killing" in log
         assert "did not report for 2 s (--timeout)" in log, log
         assert "sync_to_async(fn, thread=True)" in log
         # The stack of the code that blocked, for the one who must fix it.
