@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import typing as t
+import weakref
 
 import greenlet
 from gevent import get_hub
@@ -33,7 +34,7 @@ from gevent import get_hub
 from . import _compat
 from .policy import get_loop
 
-__all__ = ["AsyncBodyIterator", "is_async_body", "stream_async_body"]
+__all__ = ["AsyncBodyIterator", "end_all", "is_async_body", "stream_async_body"]
 
 _getcurrent = greenlet.getcurrent
 
@@ -45,6 +46,20 @@ _CLOSE = "close"
 class _Ended(Exception):
     """The body has no more chunks (kept apart from StopIteration, which a
     coroutine may not raise)."""
+
+
+def end_all() -> int:
+    """End every async body still streaming in this process, and return how
+    many there were.
+
+    Each generator is cancelled where it waits (its ``finally`` blocks run),
+    and its response ends as if the generator had returned: the client gets
+    a complete response (an ``EventSource`` then reconnects, to another
+    worker). For a worker that stops: an endless stream, such as
+    Server-Sent Events, would otherwise hold it until the master kills it,
+    and its ``finally`` blocks would never run.
+    """
+    return sum(body._end() for body in list(_streaming))
 
 
 def is_async_body(body: object) -> bool:
@@ -87,8 +102,10 @@ class AsyncBodyIterator:
 
     __slots__ = (
         "_body",
+        "__weakref__",
         "_chunk",
         "_command",
+        "_ending",
         "_error",
         "_finished",
         "_hub",
@@ -107,6 +124,8 @@ class AsyncBodyIterator:
         self._error: BaseException | None = None
         #: True once the task has ended (body exhausted, failed or closed).
         self._finished = False
+        #: True once end_all() has asked the task to stop.
+        self._ending = False
         self._hub: t.Any = None
 
     def __iter__(self) -> AsyncBodyIterator:
@@ -170,6 +189,7 @@ class AsyncBodyIterator:
             )
         self._hub = get_hub()
         self._waiter = _getcurrent()
+        _streaming.add(self)
         self._task = asyncio.Task(
             self._produce(closing),
             loop=get_loop(),
@@ -180,8 +200,9 @@ class AsyncBodyIterator:
     def _send(self, command: str) -> None:
         self._waiter = _getcurrent()
         future = self._command
-        if future is not None:
-            self._command = None
+        self._command = None
+        # Done already when end_all() cancelled the task waiting on it.
+        if future is not None and not future.done():
             future.set_result(command)
 
     def _wait(self) -> None:
@@ -198,12 +219,23 @@ class AsyncBodyIterator:
                 task.cancel()
             raise
 
+    def _end(self) -> bool:
+        task = self._task
+        if task is None or self._finished or self._ending:
+            return False
+        self._ending = True
+        task.cancel()
+        return True
+
     # -- the producing task, on the hub loop -------------------------------
 
     async def _produce(self, closing: bool) -> None:
         loop = asyncio.get_running_loop()
         iterator: t.Any = None
         outcome: BaseException | None = None
+        # Whether the iterator may still hold a frame to close: not once it
+        # is exhausted, nor while this task is being destroyed.
+        open_iterator = True
         try:
             # Closed before the first chunk: the body itself is closed.
             iterator = self._body if closing else aiter(self._body)
@@ -211,7 +243,7 @@ class AsyncBodyIterator:
                 try:
                     self._chunk = await anext(iterator)
                 except StopAsyncIteration:
-                    outcome = _Ended()
+                    open_iterator = False
                     return
                 command = self._command = loop.create_future()
                 self._hand_over()
@@ -224,7 +256,7 @@ class AsyncBodyIterator:
                 "An async response body lost its task: the event loop closed"
                 " while the body was streaming."
             )
-            iterator = None
+            open_iterator = False
             raise
         except BaseException as exc:  # noqa: B036 - raised in the consumer
             outcome = exc
@@ -233,14 +265,21 @@ class AsyncBodyIterator:
             # finally blocks run now, on this task, not whenever it is
             # collected. (After a failure inside an async generator this does
             # nothing: the generator has already finished.)
-            if type(outcome) is not _Ended:
+            if open_iterator:
                 try:
                     await _aclose(iterator)
                 except BaseException as exc:  # noqa: B036 - raised in close()
                     if outcome is None:
                         outcome = exc
+            if outcome is None or (
+                self._ending and isinstance(outcome, asyncio.CancelledError)
+            ):
+                # Exhausted, closed, or ended by end_all(): the response
+                # ends normally.
+                outcome = _Ended()
             self._error = outcome
             self._finished = True
+            _streaming.discard(self)
             self._hand_over()
 
     def _hand_over(self) -> None:
@@ -260,3 +299,7 @@ async def _aclose(iterator: t.Any) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+#: Bodies whose task has started, for end_all(); each leaves when collected.
+_streaming: weakref.WeakSet[AsyncBodyIterator] = weakref.WeakSet()

@@ -8,11 +8,12 @@ one chunk at a time, the way a WSGI server reads it; the live tests in
 import asyncio
 
 import gevent
+import gevent.event
 import pytest
 from flask import Flask, Response, g, request
 
 import geventflask
-from geventflask.streaming import AsyncBodyIterator
+from geventflask.streaming import AsyncBodyIterator, end_all
 
 geventflask.patch()
 
@@ -217,6 +218,42 @@ def test_a_killed_reader_cancels_the_generator(app):
     reader.kill(block=True, timeout=5)
     assert reader.dead
     assert events == ["cancelled", "finally"]
+    wait_no_stream_tasks()
+
+
+def test_end_all_ends_endless_streams_cleanly_and_runs_their_finally():
+    events = []
+    reading = gevent.event.Event()
+
+    async def endless(name):
+        try:
+            yield f"{name} hello"
+            reading.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            events.append(f"{name} cancelled")
+            raise
+        finally:
+            await asyncio.sleep(0)
+            events.append(f"{name} finally")
+
+    # One reader waits for its next chunk; the other body sits between
+    # chunks, its reader busy elsewhere.
+    waiting = AsyncBodyIterator(endless("waiting"))
+    reader = gevent.spawn(list, waiting)
+    assert reading.wait(5)
+    between = AsyncBodyIterator(endless("between"))
+    assert next(between) == "between hello"
+    assert end_all() == 2
+    assert reader.get(timeout=5) == ["waiting hello"]
+    assert list(between) == []
+    with gevent.Timeout(5):
+        while len(events) < 3:
+            gevent.sleep(0.01)
+    assert sorted(events) == ["between finally", "waiting cancelled", "waiting finally"]
+    assert end_all() == 0
+    waiting.close()
+    between.close()
     wait_no_stream_tasks()
 
 
