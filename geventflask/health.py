@@ -45,6 +45,7 @@ __all__ = [
     "HealthMiddleware",
     "gauges",
     "init_app",
+    "stop",
     "prometheus_worker_exited",
     "wanted",
 ]
@@ -78,6 +79,12 @@ class _LagMeter:
         self.last = max(0.0, self.loop.time() - self.due)
         self.worst = max(self.worst, self.last)
         self._schedule()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self._stop)
+
+    def _stop(self) -> None:
+        self._schedule = _do_nothing  # type: ignore[method-assign]
 
     def current(self) -> float:
         """The last lag, or how late the pending tick already is if more."""
@@ -157,6 +164,22 @@ def _this_process() -> _Process:
     if _process is None or _process.pid != os.getpid():
         _process = _Process()
     return _process
+
+
+def stop() -> None:
+    """Stop this process's lag timer and exporter (they start with the
+    middleware's first use and otherwise run for the life of the worker)."""
+    global _process
+    process, _process = _process, None
+    if process is None or process.pid != os.getpid():
+        return
+    process.lag.stop()
+    if process.exporting is not None:
+        process.exporting.kill(block=False)
+
+
+def _do_nothing() -> None:
+    pass
 
 
 def gauges() -> dict[str, float]:

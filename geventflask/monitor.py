@@ -182,12 +182,30 @@ def watch(threshold: float) -> None:
     except AttributeError:
         pass  # older gevent prints its own report as well
     config.monitor_thread = True
-    with warnings.catch_warnings():
-        if config.max_memory_usage is None:
-            # The memory check is off; its hint to install psutil is noise.
-            warnings.filterwarnings("ignore", message="Unable to monitor memory")
-        hub.start_periodic_monitoring_thread()
+    _start_monitor_thread(hub)
 
     from .policy import get_loop
 
     get_loop().slow_callback_duration = detector.threshold
+
+
+def _start_monitor_thread(hub: t.Any) -> None:
+    """Start gevent's monitor thread, whose switch tracer must go in while
+    the loop's own tracer is out (no task blocked in gevent): the loop's
+    tracer, when not on top, stays chained below gevent's, and installing it
+    again on top would make the two call each other forever."""
+    if hub.periodic_monitoring_thread is not None:
+        return
+    interleaver = getattr(hub, "_geventflask_interleaver", None)
+    if interleaver is not None and interleaver.detached:
+        import gevent
+
+        gevent.spawn_later(0.01, _start_monitor_thread, hub)
+        return
+    import gevent
+
+    with warnings.catch_warnings():
+        if gevent.config.max_memory_usage is None:
+            # The memory check is off; its hint to install psutil is noise.
+            warnings.filterwarnings("ignore", message="Unable to monitor memory")
+        hub.start_periodic_monitoring_thread()

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from upstream import get, get_json, wait_until
 
-from geventflask import GeventFlask
+from geventflask import GeventFlask, health
 
 pytestmark = pytest.mark.live_server
 
@@ -105,6 +105,22 @@ def test_statsd_gets_the_gauges_through_gunicorns_client(live_server):
         ]
         assert lags and all(line.endswith("|ms") for line in lags)
 
+        # A stopping worker takes its share back: each count sums to zero.
+        server.stop()
+        statsd.settimeout(2)
+        try:
+            while True:
+                received.extend(statsd.recv(4096).decode().split("\n"))
+        except TimeoutError:
+            pass
+        sums = {}
+        for line in received:
+            name, _, value = line.partition(":")
+            if name.startswith("shop.geventflask.") and value.endswith("|g"):
+                sums[name] = sums.get(name, 0) + float(value[:-2])
+        assert set(sums) >= {"shop.geventflask.in_flight", "shop.geventflask.greenlets"}
+        assert set(sums.values()) == {0}, sums
+
 
 def test_prometheus_multiprocess_gauges_and_child_exit_hook(live_server, tmp_path):
     pytest.importorskip("prometheus_client", reason="needs the 'metrics' extra")
@@ -165,7 +181,10 @@ def test_probe_answers_before_flask_and_reports_lag_against_the_limit():
     def refuse():
         raise AssertionError("the probe must not reach Flask")
 
-    response = app.test_client().get("/-/health")
+    try:
+        response = app.test_client().get("/-/health")
+    finally:
+        health.stop()  # the lag timer this test started on the shared loop
     assert response.status_code == 503
     body = json.loads(response.data)
     assert body["status"] == "lagging"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from flask import Flask
-from upstream import get, wait_until
+from upstream import WORKERS, get, wait_until
 
 from geventflask import GeventFlask
 from geventflask.monitor import describe, in_flight
@@ -24,9 +24,12 @@ def reports(server, who):
 
 
 @pytest.mark.live_server
-def test_each_stall_is_reported_once_by_route_or_task_with_its_stack(live_server):
+@pytest.mark.parametrize("worker", WORKERS)
+def test_each_stall_is_reported_once_by_route_or_task_with_its_stack(
+    live_server, worker
+):
     """One record per stall, naming the culprit, with the line that blocked."""
-    server = live_server("health_app:app", ready_path="/-/health")
+    server = live_server("health_app:app", worker, ready_path="/-/health")
 
     cases = [
         # what blocks, who the report names, the blocking line of the stack

@@ -2,16 +2,18 @@
 probe and the metrics path. Views block the hub (for the detector) or wait
 cooperatively (to saturate the worker)."""
 
-import asyncio
-import os
-import time
-
-from flask import Flask
-from gevent.event import Event
-from gevent.lock import BoundedSemaphore
-from gevent.monkey import get_original
-
 import geventflask
+
+geventflask.patch()
+
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+from flask import Flask  # noqa: E402
+from gevent.event import Event  # noqa: E402
+from gevent.lock import BoundedSemaphore  # noqa: E402
+from gevent.monkey import get_original  # noqa: E402
 
 real_sleep = get_original("time", "sleep")  # blocks the whole worker
 
