@@ -35,6 +35,8 @@ setup(
             "asgiref>=3.7",
             "quart>=0.19",
             "uvicorn>=0.30",
+            "matplotlib>=3.5",
+            "py-spy>=0.3",
         ],
         "examples": [
             "aiohttp>=3.9",
