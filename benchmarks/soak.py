@@ -34,13 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ["/sync", "/async", "/async-sleep", "/sync-await"]
 
-# Each wrk thread stops itself after its share of the round, counting the
+# Each wrk thread stops sending after its share of the round, counting the
 # answers and every status other than 200; done() prints the round's totals.
+# (wrk itself still waits out -d, so the round's duration is sized to fit.)
 WRK_SCRIPT = """
 local paths = {%(paths)s}
 local n = 0
-local answered = 0
-local bad = 0
+answered = 0
+bad = 0
 local threads = {}
 
 function setup(thread)
@@ -155,14 +156,16 @@ def settled_stats(url: str) -> dict[str, float]:
     return last
 
 
-def run_round(wrk: str, script: Path, url: str, args: argparse.Namespace) -> dict:
-    per_thread = -(-args.round_size // args.threads)  # ceiling
+def run_round(
+    wrk: str, script: Path, url: str, args: argparse.Namespace, seconds: int, quota: int
+) -> dict:
+    per_thread = -(-quota // args.threads)  # ceiling
     done = subprocess.run(
         [
             wrk,
             "-t", str(args.threads),
             "-c", str(args.connections),
-            "-d", f"{args.round_seconds}s",
+            "-d", f"{seconds}s",
             "--timeout", "10s",
             "-s", str(script),
             url,
@@ -170,7 +173,7 @@ def run_round(wrk: str, script: Path, url: str, args: argparse.Namespace) -> dic
         ],
         capture_output=True,
         text=True,
-        timeout=args.round_seconds + 60,
+        timeout=seconds + 60,
     )  # fmt: skip
     for line in done.stdout.splitlines():
         if line.startswith("SOAK "):
@@ -186,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument(
         "--round-seconds", type=int, default=120, help="time bound of a round"
+    )
+    parser.add_argument(
+        "--warm-up-seconds", type=int, default=15, help="time bound of warm-up"
     )
     parser.add_argument(
         "--rss-slack", type=float, default=10.0, help="MiB RSS may grow after warm-up"
@@ -251,14 +257,27 @@ def soak(
                 print(log_path.read_text(), file=sys.stderr)
                 return 2
             time.sleep(0.2)
-    print(f"command: wrk -t{args.threads} -c{args.connections}, {args.rounds} rounds"
-          f" of {args.round_size} requests over {', '.join(PATHS)}")  # fmt: skip
+    print(f"wrk -t{args.threads} -c{args.connections}: {args.requests} requests in"
+          f" rounds of {args.round_size} over {', '.join(PATHS)}")  # fmt: skip
     print(f"start          {start}")
     samples = []
     totals = {"answered": 0, "not_200": 0, "socket_errors": 0, "seconds": 0.0}
     began = time.monotonic()
-    for number in range(args.rounds):
-        result = run_round(wrk, script, url, args)
+    seconds = args.warm_up_seconds
+    number = 0
+    # The warm-up runs for its time bound only, which measures the rate;
+    # the rounds after it are sized to answer their count within their time.
+    # Rounds go on until the requests are all answered; one that falls short
+    # of its count (it hit its time bound) makes the next one longer.
+    while totals["answered"] < args.requests and number < 3 * args.rounds:
+        quota = args.requests if number == 0 else args.round_size
+        result = run_round(wrk, script, url, args, seconds, quota)
+        if number == 0:
+            rate = max(1.0, result["answered"] / result["seconds"])
+            seconds = int(args.round_size / rate * 1.3) + 2
+        elif result["answered"] < quota:
+            seconds = int(seconds * 1.3)
+        seconds = min(args.round_seconds, seconds)
         totals["answered"] += result["answered"]
         totals["not_200"] += result["not_200"]
         totals["socket_errors"] += sum(
@@ -268,16 +287,17 @@ def soak(
         stats = settled_stats(url)
         samples.append(stats)
         label = "after warm-up" if number == 0 else f"round {number + 1}"
-        print(f"{label:<14} {stats}  ({result['answered']} answered,"
-              f" {result['answered'] / result['seconds']:.0f} req/s)")  # fmt: skip
+        print(f"{label:<14} {stats}  ({result['answered']} answered"
+              f" in {result['seconds']:.0f} s)")  # fmt: skip
+        number += 1
     wall = time.monotonic() - began
     warm, end = samples[0], samples[-1]
     rss_growth = end["rss_mib"] - warm["rss_mib"]
     failures = []
     if totals["not_200"] or totals["socket_errors"]:
         failures.append("errors")
-    if totals["answered"] < args.round_size * args.rounds:
-        failures.append("fewer answers than requested (a round hit its time bound)")
+    if totals["answered"] < args.requests:
+        failures.append("fewer answers than requested in the rounds allowed")
     if len({s["pid"] for s in [start, *samples]}) != 1:
         failures.append("the worker was replaced")
     if end["fds"] != warm["fds"] or end["tasks"] != warm["tasks"]:
@@ -285,8 +305,7 @@ def soak(
     if rss_growth > args.rss_slack:
         failures.append(f"RSS grew {rss_growth:.1f} MiB after warm-up")
     print(
-        f"total          {totals['answered']} answered in {wall:.0f} s"
-        f" ({totals['answered'] / totals['seconds']:.0f} req/s under load),"
+        f"total          {totals['answered']} answered in {wall:.0f} s,"
         f" {totals['not_200']} non-200, {totals['socket_errors']} socket errors;"
         f" RSS {warm['rss_mib']} -> {end['rss_mib']} MiB after warm-up,"
         f" fds {warm['fds']} -> {end['fds']}"
