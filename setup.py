@@ -28,6 +28,10 @@ setup(
             "pytest>=8.0",
             "aiohttp>=3.9",
             "requests>=2.31",
+            "prometheus_client>=0.16",
+        ],
+        "metrics": [
+            "prometheus_client>=0.16",
         ],
         "bench": [
             "aiohttp>=3.9",
