@@ -72,39 +72,40 @@ def test_request_g_and_the_shared_loop_inside_the_generator(server):
 
 
 def test_an_error_mid_stream_ends_the_response_not_the_worker(server):
-    pid = get_json(server.url + "/alive")["pid"]
+    pid = get_json(server.url + "/alive/none")["pid"]
     response, lines = streamed_lines(server.url + "/broken")
     with response:
         assert next(lines) == b"first"
         # The body is cut short: no last chunk ever comes.
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
             list(lines)
-    assert get_json(server.url + "/alive")["pid"] == pid
+    assert get_json(server.url + "/alive/none")["pid"] == pid
     assert "the generator failed mid-stream" in server.log()
 
 
 def test_a_client_going_away_closes_the_generator_and_leaves_nothing(server):
     def alive():
-        return get_json(server.url + "/alive")
+        return get_json(server.url + "/alive/gone")
 
-    before = alive()
-    with socket.create_connection(
-        (server.url.split("//")[1].split(":")[0], server.port)
-    ) as client:
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
         client.settimeout(READ_TIMEOUT)
         client.sendall(b"GET /forever/gone HTTP/1.1\r\nHost: test\r\n\r\n")
         received = b""
-        while received.count(b"\r\n2\r\n") < 1:  # two chunks in: "0\n", "1\n"
+        while b"\r\n1\n\r\n" not in received:  # two chunks in: "0\n", "1\n"
             data = client.recv(4096)
             assert data, "the server closed the stream"
             received += data
         busy = alive()
-        assert any(name.startswith("geventflask-stream") for name in busy["tasks"])
-        assert busy["greenlets"] == before["greenlets"] + 1
+        assert busy["connection"]
+        assert [name for name in busy["tasks"] if "stream" in name] == [
+            "geventflask-stream forever.<locals>.body"
+        ]
     wait_until(lambda: (server.markers / "finally-gone").exists(), what="the finally")
     # The body's task and the connection's greenlet are gone.
-    wait_until(lambda: alive() == before, what="the stream to leave nothing behind")
-    assert alive()["tasks"] == []
+    wait_until(
+        lambda: alive() == {"pid": busy["pid"], "tasks": [], "connection": False},
+        what="the stream to leave nothing behind",
+    )
 
 
 def test_sse_example_broadcasts_to_an_aiohttp_client(sse_server):

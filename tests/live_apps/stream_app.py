@@ -9,8 +9,8 @@ import geventflask
 geventflask.patch()
 
 import asyncio  # noqa: E402
-import gc  # noqa: E402
 import os  # noqa: E402
+import weakref  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
@@ -65,10 +65,18 @@ def broken():
     return body()
 
 
+#: The greenlet serving each /forever/<name> connection, while it lives.
+connections: "weakref.WeakValueDictionary[str, gevent.Greenlet]" = (
+    weakref.WeakValueDictionary()
+)
+
+
 @app.route("/forever/<name>")
-async def forever(name):
+def forever(name):
     """Yields until the client goes away; the finally awaits, then leaves
-    ``finally-<name>``."""
+    ``finally-<name>``. A sync view, so it runs in the connection's own
+    greenlet, which it remembers."""
+    connections[name] = gevent.getcurrent()
 
     async def body():
         try:
@@ -84,16 +92,14 @@ async def forever(name):
     return body()
 
 
-@app.route("/alive")
-def alive():
-    """What is still running in this worker: tasks on the loop, and the
-    gevent greenlets (one per open connection, this one included)."""
+@app.route("/alive/<name>")
+def alive(name):
+    """What is still running in this worker: the tasks on the loop, and
+    whether the greenlet that served /forever/<name> is."""
     tasks = asyncio.all_tasks(geventflask.get_loop())
-    greenlets = [
-        o for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead
-    ]
+    connection = connections.get(name)
     return {
         "pid": os.getpid(),
         "tasks": sorted(task.get_name() for task in tasks),
-        "greenlets": len(greenlets),
+        "connection": connection is not None and not connection.dead,
     }
