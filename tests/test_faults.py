@@ -145,7 +145,13 @@ def raw_exchange(server, data, read=True):
 
 
 def handler_exceptions(server, tag):
-    paths = ["/fault/view", "/fault/before", "/fault/handler", "/fault/teardown"]
+    paths = [
+        "/fault/view",
+        "/fault/before",
+        "/fault/after",
+        "/fault/handler",
+        "/fault/teardown",
+    ]
     statuses = {path: get(server.url + path).status_code for path in paths}
     statuses["/fault/task"] = get(server.url + "/fault/task").status_code
     return statuses
@@ -239,6 +245,7 @@ def test_exceptions_in_async_handlers_answer_500_and_are_logged(faulty):
     assert statuses == {
         "/fault/view": 500,
         "/fault/before": 500,
+        "/fault/after": 500,
         "/fault/handler": 500,
         "/fault/teardown": 500,
         "/fault/task": 200,
@@ -248,6 +255,7 @@ def test_exceptions_in_async_handlers_answer_500_and_are_logged(faulty):
     for message in (
         "async view failed on purpose",
         "before_request failed on purpose",
+        "after_request failed on purpose",
         "error handler failed on purpose",
         "teardown failed on purpose",
         "Background task fault-task failed",

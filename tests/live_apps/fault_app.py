@@ -128,6 +128,19 @@ def never_reached():
     return "unreachable"
 
 
+@app.after_request
+async def fault_after(response):
+    if request.path == "/fault/after":
+        await asyncio.sleep(0)
+        raise RuntimeError("after_request failed on purpose")
+    return response
+
+
+@app.route("/fault/after")
+def after_view():
+    return "answered before after_request"
+
+
 @app.route("/fault/handler")
 async def fault_handler():
     raise HandlerFails()
