@@ -140,10 +140,18 @@ def test_every_task_finishes_or_is_cancelled_and_logged(
         assert "in busy\n" in log
 
 
-@pytest.mark.parametrize("worker", ["gevent", "geventflask.GeventWorker"])
-def test_sigterm_closes_open_websockets_with_1001(live_server, tmp_path, worker):
+@pytest.mark.parametrize(
+    "signum, worker",
+    [
+        (signal.SIGTERM, "gevent"),
+        (signal.SIGTERM, "geventflask.GeventWorker"),
+        (signal.SIGQUIT, "geventflask.GeventWorker"),
+    ],
+)
+def test_a_stop_closes_open_websockets_with_1001(live_server, tmp_path, signum, worker):
     # Without the close, the open socket would hold the worker for its
-    # whole graceful timeout (60 s here).
+    # whole graceful timeout (60 s here) on SIGTERM; on a quick stop the
+    # client would see the connection drop without a close code.
     server = start_with_markers(
         live_server, tmp_path, "fault_app:app", worker, "--graceful-timeout", "60"
     )
@@ -152,7 +160,7 @@ def test_sigterm_closes_open_websockets_with_1001(live_server, tmp_path, worker)
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(server.url + "/ws/hold") as ws:
                 greeting = await ws.receive()
-                server.signal(signal.SIGTERM)
+                server.signal(signum)
                 closing = await asyncio.wait_for(ws.receive(), 20)
                 return greeting.data, closing.type, ws.close_code
 
