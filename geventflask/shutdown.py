@@ -7,7 +7,11 @@ running then is cancelled (its ``finally`` blocks run) and logged by name.
 
 The deadline is the time left before the gunicorn master kills the worker
 (``graceful_timeout`` counted from the stop signal) when the worker layer
-knows it, else ``GEVENTFLASK_SHUTDOWN_TIMEOUT``.
+knows it, else ``GEVENTFLASK_SHUTDOWN_TIMEOUT``. On a graceful stop the
+drain starts at the signal (:func:`start_draining`), while gunicorn still
+waits for in-flight requests; :func:`shut_down` then waits for it, drains
+what those requests started, and runs the ``after_serving`` hooks. What each
+kind of stop does is tabled in :mod:`geventflask.worker`.
 """
 
 from __future__ import annotations

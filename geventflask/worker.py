@@ -77,10 +77,14 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
       shared loop is created lazily after ``hub.reinit()``.
     * Runs the ``before_serving`` hooks of every
       :class:`~geventflask.GeventFlask` before it accepts connections.
-    * On a graceful stop (SIGTERM, SIGHUP, ``max_requests``) it waits for
-      in-flight requests, then for pending background tasks, both within
+    * On any stop it closes open WebSockets with code 1001.
+    * On a graceful stop (SIGTERM, SIGHUP, ``max_requests``) it lets
+      in-flight requests and pending background tasks finish, both within
       ``graceful_timeout``; it cancels and logs what is left, then runs the
-      ``after_serving`` hooks.
+      ``after_serving`` hooks. A quick stop (SIGINT, SIGQUIT, or the
+      master's SIGABRT after ``--timeout``) cancels the tasks at once; the
+      SIGABRT also warns, with the stack that blocked the hub. See the
+      module docstring for the whole table.
     * Sends geventflask's and asyncio's log records to gunicorn's error log,
       unless the app configured those loggers itself.
 
@@ -91,7 +95,8 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
 
     #: When the worker was first told to stop (``time.monotonic()``), or None.
     stopping_since: float | None = None
-    #: True once told to stop quickly (SIGINT or SIGQUIT): cancel, don't drain.
+    #: True once told to stop quickly (SIGINT, SIGQUIT, SIGABRT): cancel,
+    #: don't drain.
     quick_stop = False
 
     @property
@@ -116,7 +121,7 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
         # SIGABRT: the master found this worker silent for --timeout seconds,
         # and sends SIGKILL next. Cancel, don't drain, and say what blocked.
         self.quick_stop = True
-        warn_worker_timeout(self.cfg.timeout, frame)
+        _warn_worker_timeout(self.cfg.timeout, frame)
         super().handle_abort(sig, frame)
 
     def patch(self) -> None:
@@ -288,7 +293,7 @@ class _StopClock:
             if first:
                 _begin_stop(self.worker, self)
             if signum == signal.SIGABRT:
-                warn_worker_timeout(self.timeout, frame)
+                _warn_worker_timeout(self.timeout, frame)
             if callable(previous):
                 previous(received, frame)
 
@@ -313,7 +318,7 @@ def _begin_stop(worker: t.Any, stop: _StopState) -> None:
         start_draining(_time_left(worker, stop.stopping_since))
 
 
-def warn_worker_timeout(timeout: float, frame: types.FrameType | None) -> None:
+def _warn_worker_timeout(timeout: float, frame: types.FrameType | None) -> None:
     """Say loudly that the master is killing this worker for silence, and
     where the code was when the signal arrived (usually what blocked)."""
     where = "".join(traceback.format_stack(frame)) if frame is not None else ""
