@@ -76,7 +76,9 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
     * Patches with :func:`geventflask.patch` in the worker, after fork; the
       shared loop is created lazily after ``hub.reinit()``.
     * Runs the ``before_serving`` hooks of every
-      :class:`~geventflask.GeventFlask` before it accepts connections.
+      :class:`~geventflask.GeventFlask` before it accepts connections. If
+      one fails, the worker failed to boot: the master halts, as for an app
+      that fails to import.
     * On any stop it closes open WebSockets with code 1001.
     * On a graceful stop (SIGTERM, SIGHUP, ``max_requests``) it lets
       in-flight requests and pending background tasks finish, both within
@@ -151,11 +153,21 @@ class _StopState(t.Protocol):
 def _serve_then_drain(
     worker: t.Any, serve: t.Callable[[], None], stop: _StopState
 ) -> None:
-    from .extension import start_all
+    from .extension import start_all, stop_all
     from .shutdown import shut_down
 
+    # A before_serving hook that fails is a worker that failed to boot: with
+    # booted unset, gunicorn's master halts ("Worker failed to boot.") as it
+    # does for an app that fails to load, rather than fork a new worker that
+    # fails the same way, many times a second.
+    booted, worker.booted = worker.booted, False
     with _Heartbeat(worker):  # slow hooks must not look like a hung worker
-        start_all()
+        try:
+            start_all()
+        except BaseException:
+            stop_all()  # the hooks of the apps that did start
+            raise
+    worker.booted = booted
     try:
         serve()
     finally:

@@ -4,6 +4,7 @@ seen where the user will look (gunicorn's log, the process's stderr).
 The fourth case, code that holds the GIL and so blocks the hub until the
 master's ``--timeout`` kill, is tested with the other stops in
 test_shutdown.py (``timeout`` cases), which check the warning and the stack.
+A ``before_serving`` hook that fails stops the server loudly too.
 """
 
 import subprocess
@@ -46,3 +47,15 @@ def test_patch_after_ssl_warns_in_a_real_process():
     assert done.stdout.strip() == "patched"
     assert "RuntimeWarning: geventflask.patch() was called after 'ssl'" in done.stderr
     assert "Call geventflask.patch() before other imports" in done.stderr
+
+
+@pytest.mark.live_server
+@pytest.mark.parametrize("worker", ["gevent", "geventflask.GeventWorker"])
+def test_a_failing_before_serving_hook_halts_the_master(live_server, worker):
+    # Not a worker respawned many times a second, each failing the same way.
+    with pytest.raises(RuntimeError, match="gunicorn exited early") as failure:
+        live_server("fault_serving_hook:app", worker_class=worker)
+    log = str(failure.value)
+    assert "the database is unreachable (on purpose)" in log
+    assert "Reason: Worker failed to boot." in log
+    assert log.count("Booting worker") == 1
