@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 import typing as t
 
@@ -38,6 +39,9 @@ logger = logging.getLogger("geventflask")
 
 #: Longest time, in seconds, cancelled tasks get to run their ``finally`` blocks.
 CANCEL_GRACE = 1.0
+
+#: How often, in seconds, the drain looks whether open streams have ended.
+STREAM_POLL = 0.1
 
 #: Longest time, in seconds, kept back from draining for cancelling what is
 #: left and running the ``after_serving`` hooks before the master's deadline.
@@ -60,12 +64,20 @@ def drain(
     if loop is None:
         return []
     deadline = time.monotonic() + max(0.0, timeout)
-    while loop.background_tasks:
+    while True:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        tasks = set(loop.background_tasks)
+        streams = _open_streams()
+        if remaining <= 0 or not (tasks or streams):
             break
-        # Tasks may start new ones as they finish: wait, then look again.
-        await_(_wait(set(loop.background_tasks), remaining), name="geventflask-drain")
+        # Tasks may start new ones as they finish, and streams end on their
+        # own: wait a while, then look again.
+        if tasks:
+            wait = min(remaining, STREAM_POLL) if streams else remaining
+            await_(_wait(tasks, wait), name="geventflask-drain")
+        else:
+            gevent.sleep(min(remaining, STREAM_POLL))
+    _end_streams(why)
     leftover = [task for task in loop.background_tasks if not task.done()]
     if not leftover:
         return []
@@ -75,6 +87,23 @@ def drain(
         task.cancel()
     await_(_wait(set(leftover), cancel_grace), name="geventflask-cancel")
     return names
+
+
+def _open_streams() -> int:
+    streaming = sys.modules.get("geventflask.streaming")
+    return streaming.open_count() if streaming is not None else 0
+
+
+def _end_streams(why: str) -> None:
+    """End async bodies still streaming at the deadline (an endless
+    Server-Sent Events stream would otherwise hold the worker until the
+    master kills it, and its ``finally`` blocks would never run)."""
+    streaming = sys.modules.get("geventflask.streaming")
+    if streaming is None:
+        return
+    ended = streaming.end_all()
+    if ended:
+        logger.warning("Ending %d streaming response(s): %s", ended, why)
 
 
 async def _wait(tasks: set[asyncio.Task[t.Any]], timeout: float) -> None:

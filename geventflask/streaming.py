@@ -63,6 +63,11 @@ def end_all() -> int:
     return sum(body._end() for body in list(_streaming))
 
 
+def open_count() -> int:
+    """How many async bodies are streaming in this process right now."""
+    return len(_streaming)
+
+
 def is_async_body(body: object) -> bool:
     """True for what only ``async for`` can iterate.
 

@@ -34,7 +34,10 @@ SIGKILL            lost                  lost             lost
 =================  ====================  ===============  =====================
 
 A cancelled task's ``finally`` blocks run (for up to a second), and each is
-logged by name with the reason. Draining starts at the stop signal, next to
+logged by name with the reason. Responses streamed from async generators
+count as in-flight requests, except that one still streaming at the drain's
+deadline (an endless Server-Sent Events stream) is ended there: its
+generator's ``finally`` blocks run and the client sees the response end. Draining starts at the stop signal, next to
 gunicorn's own wait for in-flight requests, so tasks are cancelled before
 the master's deadline even when a request runs until it. The
 ``after_serving`` hooks run once requests and tasks are done; a request

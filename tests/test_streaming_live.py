@@ -140,3 +140,29 @@ def test_sse_example_broadcasts_to_an_aiohttp_client(sse_server):
         return get_json(sse_server.url + "/")["subscribers"] == 0
 
     wait_until(unsubscribed, what="the subscriber to be dropped")
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_sigterm_ends_an_endless_stream_at_the_deadline(
+    live_server, tmp_path, worker
+):
+    # An endless stream (Server-Sent Events) would hold the worker until the
+    # master kills it, and its finally would never run; at the drain's
+    # deadline the stream is ended instead, so the finally runs.
+    import signal
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    server = live_server(
+        "stream_app:app",
+        worker_class=worker,
+        args=["--graceful-timeout", "3"],
+        env={"MARKER_DIR": str(markers)},
+    )
+    response, lines = streamed_lines(server.url + "/forever/term")
+    assert next(lines) == b"0"
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == 0
+    response.close()
+    assert (markers / "finally-term").exists(), server.log()
+    assert "Ending 1 streaming response(s)" in server.log()
