@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_events
 import asyncio.events
+import asyncio.format_helpers
 import asyncio.tasks
 import sys
 import typing as t
@@ -44,6 +45,7 @@ __all__ = [
     "UnixSubprocessTransport",
     "check_child_watcher",
     "deferred_fd_closes",
+    "format_callback",
     "format_handle",
     "get_running_loop_or_none",
     "set_running_loop",
@@ -63,6 +65,12 @@ MIN_CANCELLED_TIMER_HANDLES_FRACTION: float = (
 )
 MAXIMUM_SELECT_TIMEOUT: float = asyncio.base_events.MAXIMUM_SELECT_TIMEOUT
 format_handle: t.Callable[[asyncio.Handle], str] = asyncio.base_events._format_handle
+
+
+def format_callback(callback: t.Callable[..., object], args: tuple[t.Any, ...]) -> str:
+    """A callback and its arguments as asyncio's error reports show them."""
+    return asyncio.format_helpers._format_callback_source(callback, args)  # type: ignore[no-any-return]
+
 
 if sys.platform != "win32":
     import asyncio.unix_events

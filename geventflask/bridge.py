@@ -25,6 +25,7 @@ from gevent import get_hub
 from gevent.monkey import get_original
 
 from . import _compat
+from .loop import HubEventLoop
 from .policy import get_loop
 
 __all__ = ["async_to_sync", "await_", "sync_to_async"]
@@ -85,6 +86,13 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
     cancelled. In a function run by ``sync_to_async(thread=True)``, it runs
     on the loop that awaits that function, and blocks the thread.
 
+    The task's first step runs at once, in this greenlet (as
+    ``eager_start`` tasks do), so a coroutine that never suspends costs no
+    greenlet switch. Sync code in that step that blocks in gevent (before
+    the coroutine's first ``await`` that suspends) therefore blocks this
+    greenlet, as any of its sync code would: a kill or ``gevent.Timeout``
+    of this greenlet is raised there, and the other tasks run meanwhile.
+
     :param awaitable: A coroutine, task, future or other awaitable.
     :param name: A name for the task, shown in logs.
     :raises RuntimeError: If called on the event loop's own greenlet (from a
@@ -110,20 +118,22 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
     if type(awaitable) is not _CoroutineType:
         _check_awaitable(awaitable, loop)
     context = contextvars.copy_context()
-    outcome = _Outcome(hub, me)
-    # The caller holds this task until it is done, so it is not one of the
-    # loop's retained background tasks.
-    task = asyncio.Task(
-        _settle_into(outcome, awaitable), loop=loop, name=name, context=context
-    )
-    try:
-        while outcome.waiter is not None:
-            hub.switch()
-    except BaseException:
-        # Killed or timed out while waiting: the work must not go on alone.
-        outcome.waiter = None
-        task.cancel()
-        raise
+    # Nobody waits while the first step runs, here in this greenlet: a
+    # coroutine that never suspends is done before any switch. The caller
+    # holds the task until it is done, so it is not one of the loop's
+    # retained background tasks.
+    outcome = _Outcome(hub, None)
+    task = loop._start_task_here(_settle_into(outcome, awaitable), name, context)
+    if not task.done():
+        outcome.waiter = me
+        try:
+            while outcome.waiter is not None:
+                hub.switch()
+        except BaseException:
+            # Killed or timed out while waiting: the work must not go on alone.
+            outcome.waiter = None
+            task.cancel()
+            raise
     return _deliver_outcome(outcome, context)  # type: ignore[no-any-return]
 
 
@@ -251,10 +261,10 @@ def _close_if_coroutine(awaitable: object) -> None:
 # The shared loop, remembered with its hub: get_loop() checks the process and
 # the loop's driver on every call, which the per-request path can skip while
 # the loop it returned is still running.
-_shared: tuple[t.Any, asyncio.AbstractEventLoop] | None = None
+_shared: tuple[t.Any, HubEventLoop] | None = None
 
 
-def _shared_loop(hub: t.Any) -> asyncio.AbstractEventLoop:
+def _shared_loop(hub: t.Any) -> HubEventLoop:
     global _shared
     shared = _shared
     if shared is not None and shared[0] is hub and shared[1].is_running():

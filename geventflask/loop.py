@@ -280,7 +280,7 @@ class _Interleaver:
         self._previous: t.Any = None
         self._installed = False
 
-    def add(self, runner: _Runner, record: _Detached) -> None:
+    def add(self, runner: greenlet.greenlet, record: _Detached) -> None:
         self.detached[runner] = record
         if not self._installed:
             self._previous = greenlet.settrace(self._trace)
@@ -366,6 +366,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self.background_tasks: set[asyncio.Task[t.Any]] = set()
         self._signal_watchers: dict[int, t.Any] = {}
         self._yield_timer = self._hub.loop.timer(0.0)
+        self._interleaver = _interleaver_for(self._hub)
+        self._taken_step: tuple[t.Callable[..., object], tuple[t.Any, ...]] | None
+        self._taken_step = None
         super().__init__(selector=_HubSelector(self._io_ready))
         self._agen_firstiter = self._asyncgen_firstiter_hook
         self._agen_finalizer = self._asyncgen_finalizer_hook
@@ -640,6 +643,80 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         successor = _Runner(self)
         self._runner = successor
         self._hub.loop.run_callback(successor.switch)
+
+    def _start_task_here(
+        self, coro: t.Any, name: str | None, context: contextvars.Context
+    ) -> asyncio.Task[t.Any]:
+        """Make a task of *coro* and run its first step in the calling greenlet.
+
+        A coroutine that finishes without suspending then costs no greenlet
+        switch at all, where a step run by the loop costs a round trip
+        through the hub. Like a runner, the caller holds the loop's running
+        state only while it runs the step: if the step blocks in gevent, the
+        switch tracer hands that state back and forth, as for a blocked
+        runner. Called from a sync greenlet with no loop of its own running.
+        """
+        if (
+            self._debug
+            or self._thread_id is None
+            or self._closed
+            or self._hub.periodic_monitoring_thread is not None
+        ):
+            # As usual, in a runner: debug mode and gevent's stall monitor
+            # report a slow step by its task, which they find through the
+            # runner; a loop not running yet must not find a task half way
+            # through its first step; a closed one refuses the task.
+            return asyncio.Task(coro, loop=self, name=name, context=context)
+        # The task schedules its first step with call_soon(); take the step
+        # instead, so it neither queues nor wakes the loop.
+        self.call_soon = self._take_step  # type: ignore[method-assign,assignment]
+        try:
+            task = asyncio.Task(coro, loop=self, name=name, context=context)
+        finally:
+            del self.call_soon
+        step, args = t.cast(tuple[t.Any, tuple[t.Any, ...]], self._taken_step)
+        self._taken_step = None
+        me = _getcurrent()
+        interleaver = self._interleaver
+        record = _Detached(self, None)
+        record.live = True
+        self._activate()
+        interleaver.add(me, record)
+        try:
+            context.run(step, *args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: B036 - reported as Handle._run() does
+            self._report_callback_error(step, args, context, exc)
+        finally:
+            interleaver.remove(me)
+            self._deactivate()
+        return task
+
+    def _take_step(
+        self,
+        callback: t.Callable[..., object],
+        *args: t.Any,
+        context: contextvars.Context | None = None,
+    ) -> None:
+        self._taken_step = (callback, args)
+
+    def _report_callback_error(
+        self,
+        callback: t.Callable[..., object],
+        args: tuple[t.Any, ...],
+        context: contextvars.Context,
+        exc: BaseException,
+    ) -> None:
+        handle = asyncio.Handle(callback, args, self, context)
+        self.call_exception_handler(
+            {
+                "message": "Exception in callback "
+                + _compat.format_callback(callback, args),
+                "exception": exc,
+                "handle": handle,
+            }
+        )
 
     def _retire(self, runner: _Runner) -> None:
         """*runner* is leaving: undo its state if it still holds any."""
