@@ -69,6 +69,9 @@ class AwaitInLoopError(RuntimeError):
 def copy_back(context: contextvars.Context) -> None:
     """Set in the current context every variable *context* changed."""
     current = contextvars.copy_context()
+    if current == context:
+        # Nothing changed (equal contexts share their mapping: no scan).
+        return
     for var, value in context.items():
         if current.get(var, _MISSING) is not value:
             var.set(value)
@@ -134,6 +137,9 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
             outcome.waiter = None
             task.cancel()
             raise
+    if outcome.error is None:
+        copy_back(context)
+        return outcome.value  # type: ignore[no-any-return]
     return _deliver_outcome(outcome, context)  # type: ignore[no-any-return]
 
 

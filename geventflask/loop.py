@@ -55,6 +55,7 @@ __all__ = ["HubEventLoop"]
 logger = logging.getLogger("geventflask")
 
 _getcurrent = greenlet.getcurrent
+_greenlet_switch = greenlet.greenlet.switch
 _real_get_ident: t.Callable[[], int] = get_original("_thread", "get_ident")
 _monotonic = time.monotonic
 
@@ -81,9 +82,9 @@ class _HubSelector(selectors.BaseSelector):
     records readiness and wakes the loop if it is parked.
     """
 
-    def __init__(self, on_ready: t.Callable[[], None]) -> None:
+    def __init__(self, loop: HubEventLoop) -> None:
         self._hub_loop = get_hub().loop
-        self._on_ready = on_ready
+        self._loop = loop
         self._keys: dict[int, selectors.SelectorKey] = {}
         self._watchers: dict[int, t.Any] = {}
         #: fd -> events seen since the last select(), filled by hub callbacks.
@@ -129,10 +130,16 @@ class _HubSelector(selectors.BaseSelector):
         self.ready.pop(fd, None)
 
     def _io_ready(self, events: int, fd: int) -> None:
-        # Runs in the hub: record, never run asyncio callbacks here.
+        # Runs in the hub: record, and wake the loop if it is parked; never
+        # run asyncio callbacks here. The resumption waits for the hub's
+        # callback phase, which comes after every watcher of this poll has
+        # reported: the loop then sees the whole batch at once, in the order
+        # asyncio's own select() gives.
         ready = self.ready
         ready[fd] = ready.get(fd, 0) | events
-        self._on_ready()
+        loop = self._loop
+        if loop._state == _PARKED:
+            loop._wake()
 
     def register(
         self, fileobj: t.Any, events: int, data: t.Any = None
@@ -262,10 +269,15 @@ class _Detached:
 
     __slots__ = ("loop", "task", "live")
 
-    def __init__(self, loop: HubEventLoop, task: asyncio.Task[t.Any] | None) -> None:
+    def __init__(
+        self,
+        loop: HubEventLoop,
+        task: asyncio.Task[t.Any] | None,
+        live: bool = False,
+    ) -> None:
         self.loop = loop
         self.task = task
-        self.live = False
+        self.live = live
 
 
 class _Interleaver:
@@ -369,7 +381,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._interleaver = _interleaver_for(self._hub)
         self._taken_step: tuple[t.Callable[..., object], tuple[t.Any, ...]] | None
         self._taken_step = None
-        super().__init__(selector=_HubSelector(self._io_ready))
+        super().__init__(selector=_HubSelector(self))
         self._agen_firstiter = self._asyncgen_firstiter_hook
         self._agen_finalizer = self._asyncgen_finalizer_hook
 
@@ -518,14 +530,6 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._state = _WAKING
         self._hub.loop.run_callback(self._resume_cb)
 
-    def _io_ready(self) -> None:
-        # Called by the selector from the hub, once per ready watcher. The
-        # resumption waits for the hub's callback phase, which comes after
-        # every watcher of this poll has reported: the loop then sees the
-        # whole batch at once, in the order asyncio's own select() gives.
-        if self._state == _PARKED:
-            self._wake()
-
     def _resume(self, *_: t.Any) -> None:
         if self._state in (_WAKING, _YIELDING) and self._runner is not None:
             self._state = _WAKING
@@ -619,7 +623,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._state = state
         self._deactivate()
         try:
-            hub.switch()
+            # Straight to the hub: Hub.switch() would first call our
+            # switch_out(), which has nothing to do for a parked runner.
+            _greenlet_switch(hub)
         finally:
             if timer is not None:
                 timer.stop()
@@ -678,10 +684,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._taken_step = None
         me = _getcurrent()
         interleaver = self._interleaver
-        record = _Detached(self, None)
-        record.live = True
-        self._activate()
-        interleaver.add(me, record)
+        interleaver.add(me, _Detached(self, None, live=True))
+        # What _activate() does, for a caller with no running loop.
+        _compat.set_running_loop(self)
+        self._saved_agen_hooks = sys.get_asyncgen_hooks()
+        sys.set_asyncgen_hooks(self._agen_firstiter, self._agen_finalizer)
         try:
             context.run(step, *args)
         except (SystemExit, KeyboardInterrupt):
