@@ -294,6 +294,8 @@ class _Interleaver:
 
     def add(self, runner: greenlet.greenlet, record: _Detached) -> None:
         self.detached[runner] = record
+        if self._installed and greenlet.gettrace() is None:
+            self._installed = False  # whoever was on top removed the chain
         if not self._installed:
             self._previous = greenlet.settrace(self._trace)
             self._installed = True
@@ -301,11 +303,14 @@ class _Interleaver:
     def remove(self, runner: greenlet.greenlet) -> None:
         self.detached.pop(runner, None)
         if not self.detached and self._installed:
-            current = greenlet.gettrace()
-            if current == self._trace:
+            if greenlet.gettrace() == self._trace:
                 greenlet.settrace(self._previous)
-            self._installed = False
-            self._previous = None
+                self._installed = False
+                self._previous = None
+            # Otherwise another tracer (gevent's monitor, say) was installed
+            # on top and calls ours: stay in its chain, doing nothing while
+            # no runner is detached. Installing ours again on top of it would
+            # make the two call each other forever.
 
     def _trace(self, event: str, args: t.Any) -> None:
         if event in ("switch", "throw"):
@@ -879,14 +884,18 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                     started = self.time()
                     handle._run()
                     took = self.time() - started
-                    if took >= self.slow_callback_duration:
+                    # A callback that blocked in gevent was detached and
+                    # waited cooperatively: the loop ran on without it, so
+                    # its wall time is no slow callback.
+                    if took >= self.slow_callback_duration and self._runner is me:
                         logger.warning(
                             "Executing %s took %.3f seconds",
                             _compat.format_handle(handle),
                             took,
                         )
                 finally:
-                    self._current_handle = None
+                    if self._runner is me:
+                        self._current_handle = None
             else:
                 handle._run()
             if self._runner is not me:

@@ -677,3 +677,71 @@ def test_blocking_in_a_hub_callback_is_not_where_callbacks_run():
     finally:
         loop.close()
     assert where == [False]
+
+
+def test_a_foreign_switch_tracer_on_top_of_ours_never_breaks_task_state():
+    # gevent's monitor (blocking detection) installs a greenlet tracer that
+    # chains to the one it found. If ours was on top then, ours must stay in
+    # that chain when no runner is blocked any more, and must not be
+    # installed again on top (the two would call each other forever, and
+    # a resumed task would lose its current-task state).
+    loop = HubEventLoop()
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    foreign_calls = []
+
+    async def blocker():
+        time.sleep(0.05)  # patched: the task's runner is detached
+        return asyncio.current_task() is not None
+
+    async def main():
+        first = asyncio.ensure_future(blocker())
+        await asyncio.sleep(0.01)
+        below = greenlet.gettrace()
+
+        def foreign(event, args):
+            foreign_calls.append(event)
+            if below is not None:
+                below(event, args)
+
+        greenlet.settrace(foreign)
+        try:
+            results = [await first]
+            results += await asyncio.gather(blocker(), blocker())
+            return results
+        finally:
+            greenlet.settrace(below)  # as gevent's monitor does when it stops
+
+    try:
+        assert loop.run_until_complete(main()) == [True, True, True]
+    finally:
+        loop.close()
+    assert foreign_calls and not errors
+
+
+def test_debug_mode_does_not_call_a_cooperative_wait_a_slow_callback(caplog):
+    # A coroutine parked in patched time.sleep holds no hub: the loop ran on
+    # without it, so debug mode must not report it as a slow callback. A
+    # truly blocking call must still be reported.
+    loop = HubEventLoop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.1
+    real_sleep = get_original("time", "sleep")
+
+    async def cooperative():
+        time.sleep(0.3)
+
+    async def blocking():
+        real_sleep(0.3)
+
+    try:
+        with caplog.at_level("WARNING", logger="geventflask"):
+            loop.run_until_complete(cooperative())
+            cooperative_records = [r for r in caplog.records if "took" in r.getMessage()]
+            caplog.clear()
+            loop.run_until_complete(blocking())
+            blocking_records = [r for r in caplog.records if "took" in r.getMessage()]
+    finally:
+        loop.close()
+    assert cooperative_records == []
+    assert len(blocking_records) == 1
