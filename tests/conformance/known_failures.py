@@ -14,7 +14,7 @@ KNOWN_FAILURES: dict[str, str] = {}
 #: stall the run, where a failure is merely reported.
 HANGS: dict[str, str] = {
     "test_subprocess.SubprocessFastWatcherTests.test_subprocess_communicate_stdout": (
-        "hangs intermittently under load (1 run in ~10 full suites): asyncio's"
+        "hangs intermittently under load (once in the first session's full runs): asyncio's"
         " FastChildWatcher reaps with waitpid(-1) and races gevent's own SIGCHLD"
         " reaper for the exit status of the 10 concurrent children; the"
         " watcher is deprecated from 3.12. Passes alone; issue #3"
