@@ -1019,11 +1019,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             try:
                 result = func(*args)
             except BaseException as exc:  # noqa: B036
-                if not future.done():
-                    self.call_soon_threadsafe(_set_exception_unless_done, future, exc)
+                self.call_soon_threadsafe(_settle_unless_done, future, None, exc)
             else:
-                if not future.done():
-                    self.call_soon_threadsafe(_set_result_unless_done, future, result)
+                self.call_soon_threadsafe(_settle_unless_done, future, result, None)
 
         self._hub.loop.run_callback(greenlet.greenlet(run, parent=self._hub).switch)
         return future
@@ -1054,16 +1052,16 @@ def _gevent_patched(module: str) -> bool:
     return bool(monkey.is_module_patched(module))
 
 
-def _set_result_unless_done(future: asyncio.Future[t.Any], result: t.Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _set_exception_unless_done(
-    future: asyncio.Future[t.Any], exc: BaseException
+def _settle_unless_done(
+    future: asyncio.Future[t.Any], result: t.Any, exc: BaseException | None
 ) -> None:
-    if not future.done():
+    # The awaiting task may have been cancelled meanwhile.
+    if future.done():
+        return
+    if exc is not None:
         future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class _NativeThreadExecutor(concurrent.futures.Executor):
