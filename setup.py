@@ -20,6 +20,9 @@ setup(
         # gunicorn's gevent extra brings 'packaging', without which
         # gunicorn 27's -k gevent does not start.
         "gunicorn[gevent]>=22.0",
+        # gunicorn's C HTTP parser; GeventWorker's connection loop needs it
+        # (without it the worker falls back to gunicorn's slower loop).
+        "gunicorn_h1c>=0.6",
         # WebSocket framing (geventflask.Sock).
         "wsproto>=1.2",
     ],

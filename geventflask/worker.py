@@ -37,9 +37,10 @@ A cancelled task's ``finally`` blocks run (for up to a second), and each is
 logged by name with the reason. Responses streamed from async generators
 count as in-flight requests, except that one still streaming at the drain's
 deadline (an endless Server-Sent Events stream) is ended there: its
-generator's ``finally`` blocks run and the client sees the response end. Draining starts at the stop signal, next to
-gunicorn's own wait for in-flight requests, so tasks are cancelled before
-the master's deadline even when a request runs until it. The
+generator's ``finally`` blocks run and the client sees the response end.
+Draining starts at the stop signal, next to gunicorn's own wait for
+in-flight requests, so tasks are cancelled before the master's deadline
+even when a request runs until it. The
 ``after_serving`` hooks run once requests and tasks are done; a request
 still running at the deadline dies with the worker, and so do those hooks.
 Under plain ``-k gevent``, ``max_requests`` recycling drains only after the
@@ -92,6 +93,11 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
       module docstring for the whole table.
     * Sends geventflask's and asyncio's log records to gunicorn's error log,
       unless the app configured those loggers itself.
+    * Serves plain HTTP/1.x connections with
+      :mod:`geventflask.connection`: gunicorn's parser and request rules in
+      a loop with less per-request overhead. With TLS, HTTP/2, the PROXY
+      protocol or ``--http-parser python`` it keeps gunicorn's own loop and
+      logs why.
 
     Use it with ``gunicorn -k geventflask.GeventWorker app:app``.
 
@@ -139,11 +145,38 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
         _route_logs_to(self.log)
         super().load_wsgi()
 
+    #: Serves plain HTTP/1.x connections (see :mod:`geventflask.connection`);
+    #: None while gunicorn's own loop serves them.
+    connection_loop: t.Any = None
+
+    def handle(self, listener: t.Any, client: t.Any, addr: t.Any) -> None:
+        serving = self.connection_loop
+        if serving is None:
+            super().handle(listener, client, addr)
+            return
+        client.setblocking(1)
+        serving.serve(listener, client, addr)
+
     def run(self) -> None:
         """Serve until told to stop, then let background tasks finish for up to
         ``graceful_timeout`` seconds. Overrides must end with ``super().run()``.
         """
+        self.connection_loop = _connection_loop_for(self)
         _serve_then_drain(self, super().run, self)
+
+
+def _connection_loop_for(worker: t.Any) -> t.Any:
+    """geventflask's connection loop, unless a setting needs gunicorn's."""
+    from .connection import ConnectionLoop, unsupported_setting
+
+    reason = unsupported_setting(worker.cfg)
+    if reason is None:
+        return ConnectionLoop(worker)
+    worker.log.info(
+        "geventflask: gunicorn's own connection loop serves this worker (%s)",
+        reason,
+    )
+    return None
 
 
 class _StopState(t.Protocol):

@@ -99,6 +99,15 @@ class LiveServer:
             pass
 
 
+@pytest.fixture(scope="session")
+def live_server_class():
+    """:class:`LiveServer`, for fixtures of a wider scope than
+    ``live_server``'s. A fixture, not an import: every conftest.py is a
+    module named "conftest", so that name means whichever pytest loaded
+    last."""
+    return LiveServer
+
+
 @pytest.fixture
 def live_server(tmp_path):
     """Factory: ``live_server("app:app", worker_class=..., args=[...])``.

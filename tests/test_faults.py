@@ -15,7 +15,6 @@ closed at the next chunk written, so its ``finally`` runs.
 import socket
 import struct
 import threading
-from pathlib import Path
 
 import pytest
 from upstream import get, get_json, wait_until
@@ -68,12 +67,9 @@ def upstreams():
 
 
 @pytest.fixture(scope="module")
-def faulty(request, tmp_path_factory, upstreams):
-    conftest = request.config.pluginmanager.get_plugin(
-        str(Path(__file__).with_name("conftest.py"))
-    )
+def faulty(request, tmp_path_factory, upstreams, live_server_class):
     markers = tmp_path_factory.mktemp("fault-markers")
-    server = conftest.LiveServer(
+    server = live_server_class(
         "fault_app:app",
         "geventflask.GeventWorker",
         env={"MARKER_DIR": str(markers)},

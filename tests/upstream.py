@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -127,15 +126,10 @@ WORKERS = ["gevent", "geventflask.GeventWorker"]
 
 
 @pytest.fixture(scope="session", params=WORKERS)
-def served(request, tmp_path_factory, upstream):
+def served(request, tmp_path_factory, upstream, live_server_class):
     """``live_apps/served_app.py`` on one worker of each class, shared by the
     tests that leave it running (the stop tests start their own)."""
-    # Not "from conftest import": every conftest.py is a module named
-    # "conftest", so that name means whichever pytest loaded last.
-    conftest = request.config.pluginmanager.get_plugin(
-        str(Path(__file__).with_name("conftest.py"))
-    )
-    LiveServer = conftest.LiveServer
+    LiveServer = live_server_class
     markers = tmp_path_factory.mktemp("markers")
     server = LiveServer(
         "served_app:app",
