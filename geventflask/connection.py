@@ -29,17 +29,22 @@ gunicorn's own loop; :func:`unsupported_setting` says which.
 from __future__ import annotations
 
 import errno
+import os
 import ssl
 import sys
+import time
 import typing as t
 from datetime import datetime
 
 import gevent
-from gunicorn import util
-from gunicorn.http import wsgi
-from gunicorn.http.errors import NoMoreData
-from gunicorn.http.message import Request
-from gunicorn.http.parser import RequestParser
+from gunicorn import util  # type: ignore[import-untyped]
+from gunicorn.http import wsgi  # type: ignore[import-untyped]
+from gunicorn.http.errors import (  # type: ignore[import-untyped]
+    ConfigurationProblem,
+    NoMoreData,
+)
+from gunicorn.http.message import Request  # type: ignore[import-untyped]
+from gunicorn.http.parser import RequestParser  # type: ignore[import-untyped]
 
 __all__ = ["ConnectionLoop", "unsupported_setting"]
 
@@ -69,7 +74,7 @@ def unsupported_setting(cfg: t.Any) -> str | None:
     if not _gunicorn_has_the_parts():
         return "this gunicorn is older than the parts the loop reuses (27.0)"
     try:
-        import gunicorn_h1c
+        import gunicorn_h1c  # type: ignore[import-untyped]
     except ImportError:
         return "gunicorn_h1c (gunicorn's C parser) is not installed"
     if not hasattr(gunicorn_h1c, "LimitRequestLine"):
@@ -80,13 +85,11 @@ def unsupported_setting(cfg: t.Any) -> str | None:
 def _gunicorn_has_the_parts() -> bool:
     """Whether gunicorn has the pieces this loop calls: they are not public
     API, so an older (or a changed) gunicorn gets its own loop instead."""
-    import inspect
-
     return (
         hasattr(Request, "_parse_fast")
         and hasattr(Request, "_peer_is_trusted_proxy")
         and hasattr(wsgi.Response, "_emit_body")
-        and "response_class" in inspect.signature(wsgi.create).parameters
+        and hasattr(wsgi, "_make_early_hints_callback")
     )
 
 
@@ -109,25 +112,29 @@ class _Settings:
         self.limit_request_fields = limits.limit_request_fields
         self.limit_request_field_size = limits.limit_request_field_size
         self.max_buffer_headers = limits.max_buffer_headers
+        environ = wsgi.base_environ(cfg)
+        environ["wsgi.multithread"] = True  # as gunicorn's async workers say
+        #: Copied for each request (gunicorn builds it, and a new
+        #: ``wsgi.errors`` wrapper, every time).
+        self.base_environ = environ
 
 
 def _limits_of(cfg: t.Any) -> Request:
     """A gunicorn ``Request`` whose constructor ran up to the point where it
     would read from the connection, which has computed the limits."""
 
-    class _NoRead(Exception):
+    class _Stop(Exception):
         pass
 
     class _Probe(Request):  # type: ignore[misc]
         def parse(self, unreader: t.Any) -> bytes:
-            raise _NoRead
+            raise _Stop(self)
 
-    probe = _Probe.__new__(_Probe)
     try:
-        _Probe.__init__(probe, cfg, None, ("127.0.0.1", 0))
-    except _NoRead:
-        pass
-    return probe
+        _Probe(cfg, None, ("127.0.0.1", 0))
+    except _Stop as stop:
+        return stop.args[0]
+    raise AssertionError("gunicorn's Request did not parse")
 
 
 class _Request(Request):  # type: ignore[misc]
@@ -144,7 +151,11 @@ class _Request(Request):  # type: ignore[misc]
     ) -> None:
         # Request.__init__ and Message.__init__, with the values derived
         # from the config precomputed.
-        self.method = self.uri = self.path = self.query = self.fragment = None
+        self.method: t.Any = None
+        self.uri: t.Any = None
+        self.path: t.Any = None
+        self.query: t.Any = None
+        self.fragment: t.Any = None
         self.limit_request_line = settings.limit_request_line
         self._fast_limit_request_line = settings.fast_limit_request_line
         self.req_number = req_number
@@ -153,9 +164,9 @@ class _Request(Request):  # type: ignore[misc]
         self.cfg = settings.cfg
         self.unreader = unreader
         self.peer_addr = self.remote_addr = peer_addr
-        self.version = None
-        self.headers = []
-        self.trailers = []
+        self.version: t.Any = None
+        self.headers: list[tuple[str, str]] = []
+        self.trailers: list[tuple[str, str]] = []
         self.body = None
         self.scheme = settings.scheme
         self.must_close = False
@@ -189,8 +200,28 @@ class _Response(wsgi.Response):  # type: ignore[misc]
     length in the same ``send`` as its first body bytes (a hello world is
     then one packet, not two)."""
 
+    sock: t.Any
     _held = b""
     _holding = False
+
+    def default_headers(self) -> list[str]:
+        # gunicorn's lines, with the Date formatted once a second, not per
+        # response.
+        if self.upgrade:
+            connection = "upgrade"
+        elif self.should_close():
+            connection = "close"
+        else:
+            connection = "keep-alive"
+        version = self.req.version
+        lines = [
+            f"HTTP/{version[0]}.{version[1]} {self.status}\r\n",
+            _server_and_date(self.version),
+            f"Connection: {connection}\r\n",
+        ]
+        if self.chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        return lines
 
     def write(self, arg: bytes) -> None:
         if self.headers_sent or self.response_length is None:
@@ -207,7 +238,8 @@ class _Response(wsgi.Response):  # type: ignore[misc]
         if not self._holding or self.headers_sent:
             super().send_headers()
             return
-        sock, self.sock = self.sock, _Capture()
+        sock: t.Any = self.sock
+        self.sock = _Capture()
         try:
             super().send_headers()
             self._held = self.sock.data
@@ -225,6 +257,20 @@ class _Response(wsgi.Response):  # type: ignore[misc]
         if self._held:
             held, self._held = self._held, b""
             self.sock.sendall(held)
+
+
+_date_lines: dict[str, tuple[int, str]] = {}
+
+
+def _server_and_date(server: str) -> str:
+    """The ``Server`` and ``Date`` header lines, remade when the second
+    changes (HTTP dates have one-second resolution)."""
+    now = int(time.time())
+    cached = _date_lines.get(server)
+    if cached is None or cached[0] != now:
+        cached = (now, f"Server: {server}\r\nDate: {util.http_date(now)}\r\n")
+        _date_lines[server] = cached
+    return cached[1]
 
 
 class ConnectionLoop:
@@ -337,13 +383,73 @@ class ConnectionLoop:
 
 
 def _create(
-    req: _Request, sock: t.Any, addr: t.Any, listener_name: t.Any, settings: _Settings
+    req: _Request, sock: t.Any, client: t.Any, server: t.Any, settings: _Settings
 ) -> tuple[_Response, dict[str, t.Any]]:
-    """gunicorn's ``wsgi.create``, with our response class."""
-    resp, environ = wsgi.create(
-        req, sock, addr, listener_name, settings.cfg, response_class=_Response
-    )
-    environ["wsgi.multithread"] = True  # as gunicorn's async workers say
+    """gunicorn's ``wsgi.create`` for an HTTP/1.x request, the same environ
+    built from a copied base (``tests/test_connection.py`` compares the two
+    environs key by key, so a change in gunicorn's shows up there)."""
+    resp = _Response(req, sock, settings.cfg)
+    environ = settings.base_environ.copy()
+    environ["wsgi.input"] = req.body
+    environ["gunicorn.socket"] = sock
+    environ["REQUEST_METHOD"] = req.method
+    environ["QUERY_STRING"] = req.query
+    environ["RAW_URI"] = req.uri
+    environ["SERVER_PROTOCOL"] = f"HTTP/{req.version[0]}.{req.version[1]}"
+    if req._expected_100_continue:
+        sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    host = None
+    script_name = os.environ.get("SCRIPT_NAME", "")
+    repeated: dict[str, list[str]] = {}
+    for name, value in req.headers:
+        if name == "HOST":
+            host = value
+        elif name == "SCRIPT_NAME":  # only a trusted forwarder's survives
+            script_name = value
+        elif name == "CONTENT-TYPE":
+            environ["CONTENT_TYPE"] = value
+            continue
+        elif name == "CONTENT-LENGTH":
+            environ["CONTENT_LENGTH"] = value
+            continue
+        key = "HTTP_" + name.replace("-", "_")
+        if key in environ:
+            repeated.setdefault(key, [environ[key]]).append(value)
+        else:
+            environ[key] = value
+    for key, values in repeated.items():
+        environ[key] = ",".join(values)
+
+    environ["wsgi.url_scheme"] = req.scheme
+    if isinstance(client, (str, bytes)):
+        environ["REMOTE_ADDR"] = client if isinstance(client, str) else client.decode()
+    else:
+        environ["REMOTE_ADDR"] = client[0]
+        environ["REMOTE_PORT"] = str(client[1])
+    if isinstance(server, str):  # a unix socket: take the Host header's word
+        server = server.split(":")
+        if len(server) == 1:
+            if host:
+                server = host.split(":")
+                if len(server) == 1:
+                    server.append({"http": 80, "https": 443}.get(req.scheme, ""))
+            else:
+                server.append("")
+    environ["SERVER_NAME"] = server[0]
+    environ["SERVER_PORT"] = str(server[1])
+
+    path_info = req.path
+    if script_name:
+        if not path_info.startswith(script_name):
+            raise ConfigurationProblem(
+                f"Request path {path_info!r} does not start with SCRIPT_NAME"
+                f" {script_name!r}"
+            )
+        path_info = path_info[len(script_name) :]
+    environ["PATH_INFO"] = util.unquote_to_wsgi_str(path_info)
+    environ["SCRIPT_NAME"] = script_name
+    environ["wsgi.early_hints"] = wsgi._make_early_hints_callback(req, sock, resp)
     return resp, environ
 
 

@@ -354,6 +354,63 @@ def test_which_loop_serves_is_logged(http):
         assert FALLBACK_NOTE not in log
 
 
+#: Requests whose environs must be the same on both loops.
+ENVIRON_REQUESTS = [
+    get("/environ/plain"),
+    get("/environ/a%2Fb%20c?q=%C3%A9&r", "Accept: a", "Accept: b", "Cookie: c=1"),
+    get("/environ/v10", version="1.0"),
+    get(
+        "/mounted/environ/proxied",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-For: 203.0.113.9, 10.0.0.1",
+        "X_Under: dropped",
+        "Script_Name: /mounted",  # a trusted forwarder's may set SCRIPT_NAME
+    ),
+    b"GET /mounted/environ/under-script HTTP/1.1\r\nHost: example.org:8443\r\n"
+    b"SCRIPT_NAME: /mounted\r\n\r\n",
+    post("/environ/posted", b"a=1", "Content-Type: application/x-www-form-urlencoded"),
+    b"GET /environ/no-host HTTP/1.1\r\n\r\n",
+]
+#: What differs between two servers whatever the loop.
+PER_SERVER = {"SERVER_PORT", "REMOTE_PORT", "HTTP_HOST", "SERVER_NAME"}
+
+
+@pytest.fixture(scope="module")
+def both_loops(tmp_path_factory, live_server_class, request):
+    servers = {}
+    try:
+        for name in LOOPS:
+            request.param = name
+            server, log_file = _start(request, tmp_path_factory, live_server_class)
+            server.start(log_file, ready_path="/env")
+            servers[name] = server
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+            server.log_file.close()
+
+
+@pytest.mark.parametrize(
+    "raw", ENVIRON_REQUESTS, ids=lambda raw: raw.split()[1].decode()
+)
+def test_both_loops_build_the_same_environ(both_loops, raw):
+    seen = {}
+    for name, server in both_loops.items():
+        with Connection(server) as conn:
+            conn.send(raw)
+            reply = conn.reply()
+            assert reply.status == 200, (name, reply)
+            seen[name] = {
+                key: value
+                for key, value in reply.json().items()
+                if key not in PER_SERVER
+            }
+    ours, theirs = seen["geventflask"], seen["gunicorn"]
+    assert ours == theirs
+    assert ours["wsgi.input"] == "Body" and ours["gunicorn.socket"] == "socket"
+
+
 def test_an_untrusted_peer_cannot_set_the_scheme(
     loop_name, tmp_path_factory, live_server_class
 ):

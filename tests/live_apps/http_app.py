@@ -26,6 +26,17 @@ def env():
     return seen
 
 
+@app.route("/environ/<path:rest>", methods=["GET", "POST"])
+def whole_environ(rest):
+    """Every plain value of the environ, and the type of every other one."""
+    plain = (str, int, float, bool, tuple, type(None))
+    return {
+        key: value if isinstance(value, plain) else type(value).__name__
+        for key, value in request.environ.items()
+        if not key.startswith(("werkzeug.", "flask."))
+    }
+
+
 @app.post("/echo")
 def echo():
     return request.get_data()
