@@ -101,7 +101,8 @@ class _Settings:
     """
 
     def __init__(self, cfg: t.Any) -> None:
-        self.cfg = cfg
+        #: What gunicorn's request and response code reads as ``cfg``.
+        self.cfg = _SettledConfig(cfg)
         self.keepalive = cfg.keepalive
         self.pre_request = cfg.pre_request
         self.post_request = cfg.post_request
@@ -117,6 +118,23 @@ class _Settings:
         #: Copied for each request (gunicorn builds it, and a new
         #: ``wsgi.errors`` wrapper, every time).
         self.base_environ = environ
+
+
+class _SettledConfig:
+    """gunicorn's config, each setting looked up once and then kept.
+
+    A worker's settings do not change after it starts (a reload forks new
+    workers), and gunicorn's request code reads several of them per
+    request through ``Config.__getattr__``.
+    """
+
+    def __init__(self, cfg: t.Any) -> None:
+        self._cfg = cfg
+
+    def __getattr__(self, name: str) -> t.Any:
+        value = getattr(self._cfg, name)
+        setattr(self, name, value)
+        return value
 
 
 def _limits_of(cfg: t.Any) -> Request:
@@ -247,16 +265,27 @@ class _Response(wsgi.Response):  # type: ignore[misc]
             self.sock = sock
 
     def _emit_body(self, data: bytes) -> None:
-        if self._held and not self.chunked:
-            data, self._held = self._held + data, b""
-        else:
+        if self.chunked:
             self._flush()
-        super()._emit_body(data)
+            super()._emit_body(data)
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        _send_all(self.sock, data)
 
     def _flush(self) -> None:
         if self._held:
             held, self._held = self._held, b""
-            self.sock.sendall(held)
+            _send_all(self.sock, held)
+
+
+def _send_all(sock: t.Any, data: bytes) -> None:
+    """``sock.sendall(data)``, minus gevent's ``getsockopt`` call (it sizes
+    its chunks by the send buffer, every time) when one ``send`` takes all
+    of it, as it does for most responses."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 _date_lines: dict[str, tuple[int, str]] = {}
