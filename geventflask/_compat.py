@@ -14,7 +14,8 @@ reached differs between versions:
 * All versions: ``asyncio.events._set_running_loop`` and
   ``asyncio.events._get_running_loop`` set and read the running loop.
 * Subprocesses: ``asyncio.unix_events._UnixSubprocessTransport`` (3.10-3.14);
-  3.10-3.11 also insist on an active ``asyncio.get_child_watcher()``.
+  3.10-3.11 also insist on an active ``asyncio.get_child_watcher()``; the
+  watchers themselves (``asyncio.AbstractChildWatcher``) exist up to 3.13.
 
 One gevent detail lives here too: from gevent 25.8.1, a patched ``os.close()``
 of a pipe or socket only takes effect after the hub's next loop iteration
@@ -44,6 +45,7 @@ __all__ = [
     "MIN_SCHEDULED_TIMER_HANDLES",
     "UnixSubprocessTransport",
     "check_child_watcher",
+    "is_child_watcher_callback",
     "deferred_fd_closes",
     "format_callback",
     "format_handle",
@@ -78,6 +80,22 @@ if sys.platform != "win32":
     #: asyncio's subprocess transport for Unix (3.10-3.14), built by the hub
     #: loop itself so it can wait for the child with gevent's child watcher.
     UnixSubprocessTransport: t.Any = asyncio.unix_events._UnixSubprocessTransport
+
+    #: asyncio's child watcher base class (3.10-3.13; 3.14 removed watchers).
+    _ChildWatcher: t.Any = getattr(asyncio.unix_events, "AbstractChildWatcher", None)
+else:
+    _ChildWatcher = None
+
+
+def is_child_watcher_callback(callback: t.Callable[..., object]) -> bool:
+    """True for the SIGCHLD handler an asyncio child watcher installs.
+
+    ``attach_loop()`` of the SIGCHLD-driven watchers (Safe, Fast) registers a
+    bound method of the watcher with ``loop.add_signal_handler``.
+    """
+    owner = getattr(callback, "__self__", None)
+    return _ChildWatcher is not None and isinstance(owner, _ChildWatcher)
+
 
 #: The policy class EventLoopPolicy extends. From 3.14 the public name is a
 #: deprecated alias (it warns on access) for this private class.

@@ -65,6 +65,14 @@ _monotonic = time.monotonic
 #: ``await asyncio.sleep(0)``; yielding every half millisecond costs under 1 %.
 YIELD_INTERVAL = 0.0005
 
+#: Bytes a socket or pipe transport asks for in one read. asyncio's 256 KiB is
+#: above glibc's mmap threshold (128 KiB), so every read buffer is mapped,
+#: shrunk to the data with ``mremap`` and unmapped again: three system calls
+#: and a page fault per read, never amortised, since glibc only raises its
+#: threshold when a large block is freed whole. That was a quarter of the
+#: time of an aiohttp request. Buffers below the threshold come from the heap.
+READ_SIZE = 64 * 1024
+
 # Runner states. PARKED: waiting in the hub for I/O, a timer or a wake-up.
 # YIELDING: let the hub run once, resumption already scheduled. WAKING: a
 # resumption is scheduled. RUNNING: running callbacks (or about to).
@@ -461,11 +469,19 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         taking it from whoever owned it: in a gunicorn worker, the arbiter's
         signal handling. The hub loop listens with a gevent signal watcher
         instead and leaves the wakeup fd alone. Errors are CPython's.
+
+        The SIGCHLD handler of an asyncio child watcher is registered but
+        never called while gevent reaps children (see
+        :meth:`_reaps_children_itself`): the loop owns child reaping.
         """
         if asyncio.iscoroutine(callback) or inspect.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()
+        if self._reaps_children_itself(sig, callback):
+            self._stop_signal_watcher(sig)
+            self._signal_handlers[sig] = asyncio.Handle(callback, args, self, None)
+            return
         try:
             # Validates the signal and the thread the way CPython does; the
             # watcher then handles delivery at the C level.
@@ -485,9 +501,12 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
 
     def remove_signal_handler(self, sig: int) -> bool:
         self._check_signal(sig)
-        if self._signal_handlers.pop(sig, None) is None:
+        handle = self._signal_handlers.pop(sig, None)
+        if handle is None:
             return False
         self._stop_signal_watcher(sig)
+        if self._reaps_children_itself(sig, handle._callback):
+            return True
         handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
         try:
             signal.signal(sig, handler)
@@ -496,6 +515,29 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                 raise RuntimeError(f"sig {sig:d} cannot be caught") from None
             raise
         return True
+
+    def _reaps_children_itself(
+        self, sig: int, callback: t.Callable[..., object]
+    ) -> bool:
+        """Whether *callback* is a child watcher's SIGCHLD handler the loop holds
+        back, because gevent reaps this process's children.
+
+        Once ``subprocess`` is patched, gevent's libev loop reaps every child
+        on SIGCHLD and the hub loop learns of its own children's exits from
+        gevent (see :meth:`_make_subprocess_transport`); it never hands a
+        child to asyncio's watcher. A watcher's handler could only steal:
+        ``FastChildWatcher`` calls ``waitpid(-1)``, and a child that exits
+        between gevent's sweep and that call loses its exit status, so the
+        gevent ``Popen`` waiting for it hangs forever. The handler is
+        registered (``attach_loop()`` and ``close()`` work as usual) but never
+        called, and SIGCHLD's disposition, which gevent's reaper depends on,
+        is left alone.
+        """
+        return (
+            sig == signal.SIGCHLD
+            and _compat.is_child_watcher_callback(callback)
+            and _gevent_patched("subprocess")
+        )
 
     def _stop_signal_watcher(self, sig: int) -> None:
         watcher = self._signal_watchers.pop(sig, None)
@@ -901,6 +943,18 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             if self._runner is not me:
                 return
         handle = None
+
+    # -- transports: heap-sized reads --------------------------------------------
+
+    def _make_socket_transport(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        transport = super()._make_socket_transport(*args, **kwargs)  # type: ignore[misc]
+        transport.max_size = READ_SIZE  # see READ_SIZE; no read has run yet
+        return transport
+
+    def _make_read_pipe_transport(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        transport = super()._make_read_pipe_transport(*args, **kwargs)  # type: ignore[misc]
+        transport.max_size = READ_SIZE
+        return transport
 
     # -- tasks -----------------------------------------------------------------
 

@@ -619,6 +619,44 @@ class TestHubOnly(TestHubLoop):
         gevent.sleep(0.01)
         assert errors and "gevent hub" in errors[0]
 
+    @pytest.mark.skipif(
+        not hasattr(asyncio, "FastChildWatcher"),
+        reason="asyncio's child watchers were removed in Python 3.14",
+    )
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+    def test_a_child_watcher_never_reaps_the_loops_children(self):
+        # FastChildWatcher reaps any child with waitpid(-1) on SIGCHLD. Run
+        # by the hub loop, it would steal exit statuses gevent's reaper waits
+        # for, and those children's wait() would hang. Each sweep is counted.
+        class CountingWatcher(asyncio.FastChildWatcher):
+            sweeps = 0
+
+            def _do_waitpid_all(self):
+                CountingWatcher.sweeps += 1
+                super()._do_waitpid_all()
+
+        async def main():
+            children = [
+                await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+                for _ in range(5)
+            ]
+            codes = [await child.wait() for child in children]
+            await asyncio.sleep(0.05)  # time for any SIGCHLD handler to run
+            return codes
+
+        previous = asyncio.get_child_watcher()
+        watcher = CountingWatcher()
+        asyncio.set_child_watcher(watcher)
+        asyncio.set_event_loop(self.loop)  # attaches the watcher to the loop
+        CountingWatcher.sweeps = 0  # attach_loop() sweeps once, by itself
+        try:
+            assert self.run(asyncio.wait_for(main(), 30)) == [0] * 5
+            assert CountingWatcher.sweeps == 0
+        finally:
+            asyncio.set_event_loop(None)
+            asyncio.set_child_watcher(previous)
+            watcher.close()
+
     def test_signal_handler_leaves_the_wakeup_fd_alone(self):
         # gunicorn's worker owns signal.set_wakeup_fd; the hub loop must not
         # take it over (it uses gevent's signal watchers instead).
@@ -737,7 +775,9 @@ def test_debug_mode_does_not_call_a_cooperative_wait_a_slow_callback(caplog):
     try:
         with caplog.at_level("WARNING", logger="geventflask"):
             loop.run_until_complete(cooperative())
-            cooperative_records = [r for r in caplog.records if "took" in r.getMessage()]
+            cooperative_records = [
+                r for r in caplog.records if "took" in r.getMessage()
+            ]
             caplog.clear()
             loop.run_until_complete(blocking())
             blocking_records = [r for r in caplog.records if "took" in r.getMessage()]

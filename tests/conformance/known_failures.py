@@ -12,11 +12,4 @@ KNOWN_FAILURES: dict[str, str] = {}
 
 #: Test id -> why it is skipped. Only tests that hang go here: a hang would
 #: stall the run, where a failure is merely reported.
-HANGS: dict[str, str] = {
-    "test_subprocess.SubprocessFastWatcherTests.test_subprocess_communicate_stdout": (
-        "hangs intermittently under load (once in the first session's full runs): asyncio's"
-        " FastChildWatcher reaps with waitpid(-1) and races gevent's own SIGCHLD"
-        " reaper for the exit status of the 10 concurrent children; the"
-        " watcher is deprecated from 3.12. Passes alone; issue #3"
-    ),
-}
+HANGS: dict[str, str] = {}
