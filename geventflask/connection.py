@@ -319,7 +319,6 @@ class ConnectionLoop:
         try:
             listener_name = listener.getsockname()
             parser = RequestParser(settings.cfg, client, addr)
-            idle = gevent.Timeout(settings.keepalive or None)
             trusted = None
             while True:
                 if parser.mesg is not None and (
@@ -328,19 +327,19 @@ class ConnectionLoop:
                     break
                 parser.req_count += 1
                 req = None
-                idle.start()
-                try:
-                    req = parser.mesg = _Request(
-                        settings, parser.unreader, addr, parser.req_count, trusted
-                    )
-                except StopIteration:
-                    break  # the client closed between requests
-                except gevent.Timeout as timeout:
-                    if timeout is not idle:
-                        raise
-                    break  # idle for keepalive seconds
-                finally:
-                    idle.cancel()
+                # A new timer per request, as in gunicorn: a restarted libev
+                # timer keeps its first deadline (gevent issue 1890), so one
+                # reused timer cut busy connections after ``keepalive``
+                # seconds of waiting in total.
+                with gevent.Timeout(settings.keepalive or None, False):
+                    try:
+                        req = parser.mesg = _Request(
+                            settings, parser.unreader, addr, parser.req_count, trusted
+                        )
+                    except StopIteration:
+                        pass  # the client closed between requests
+                if req is None:
+                    break  # closed, or idle for keepalive seconds
                 trusted = req._trusted
                 if not self._handle_request(listener_name, req, client, addr):
                     break

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import time
 
 import pytest
 from upstream import wait_until
@@ -332,6 +333,16 @@ def test_an_idle_connection_is_closed_after_keepalive(http):
         # --keep-alive 1: the server closes it (the socket timeout is only
         # there so a broken server fails the test instead of hanging it).
         assert conn.closed_by_server()
+
+
+def test_a_busy_connection_is_never_cut_by_the_keepalive_timer(http):
+    # --keep-alive 1: pauses of 0.25 s between requests, 2 s of pauses in
+    # all. The idle timer must count each pause alone, not their sum.
+    with Connection(http) as conn:
+        for n in range(8):
+            time.sleep(0.25)
+            conn.send(get(f"/env?n={n}"))
+            assert conn.reply().json()["QUERY_STRING"] == f"n={n}"
 
 
 def test_hooks_and_access_log_see_each_request(http):
