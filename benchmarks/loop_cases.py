@@ -2,8 +2,10 @@
 
 Imported by :mod:`benchmarks.loop` in a child process, after that child has
 (or has not) patched with gevent, so the same code measures every loop. Each
-case returns ``(operations, seconds)``; the parent turns that into
-microseconds per operation.
+case returns ``(operations, (wall seconds, CPU seconds))``; the parent turns
+that into microseconds per operation. Both the clients and the servers of a
+case run in this one process, so its CPU time is the work done, and it is
+steadier than wall-clock time on a machine shared with other jobs.
 """
 
 from __future__ import annotations
@@ -13,10 +15,21 @@ import socket
 import time
 import typing as t
 
-Case = t.Callable[[int], t.Awaitable[tuple[int, float]]]
+Timing = tuple[float, float]
+Case = t.Callable[[int], t.Awaitable[tuple[int, Timing]]]
 
 
-async def call_soon_batch(n: int) -> tuple[int, float]:
+def start_clock() -> Timing:
+    """Wall-clock and process CPU time, now."""
+    return time.perf_counter(), time.process_time()
+
+
+def stop_clock(started: Timing) -> Timing:
+    """Wall-clock and CPU seconds since :func:`start_clock` gave *started*."""
+    return time.perf_counter() - started[0], time.process_time() - started[1]
+
+
+async def call_soon_batch(n: int) -> tuple[int, Timing]:
     """*n* callbacks queued at once: the cost of draining the ready queue."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -27,14 +40,14 @@ async def call_soon_batch(n: int) -> tuple[int, float]:
         if not remaining[0]:
             done.set_result(None)
 
-    started = time.perf_counter()
+    started = start_clock()
     for _ in range(n):
         loop.call_soon(tick)
     await done
-    return n, time.perf_counter() - started
+    return n, stop_clock(started)
 
 
-async def call_soon_chain(n: int) -> tuple[int, float]:
+async def call_soon_chain(n: int) -> tuple[int, Timing]:
     """Each callback schedules the next: one callback per loop iteration,
     so this is the cost of an iteration (timers, the poll, the ready queue)."""
     loop = asyncio.get_running_loop()
@@ -48,21 +61,21 @@ async def call_soon_chain(n: int) -> tuple[int, float]:
         else:
             done.set_result(None)
 
-    started = time.perf_counter()
+    started = start_clock()
     loop.call_soon(tick)
     await done
-    return n, time.perf_counter() - started
+    return n, stop_clock(started)
 
 
-async def sleep0(n: int) -> tuple[int, float]:
+async def sleep0(n: int) -> tuple[int, Timing]:
     """One task yielding *n* times: the cost of an ``await`` checkpoint."""
-    started = time.perf_counter()
+    started = start_clock()
     for _ in range(n):
         await asyncio.sleep(0)
-    return n, time.perf_counter() - started
+    return n, stop_clock(started)
 
 
-async def sleep0_idle_sockets(n: int) -> tuple[int, float]:
+async def sleep0_idle_sockets(n: int) -> tuple[int, Timing]:
     """``sleep(0)`` while 1,000 idle sockets have readers registered, as in a
     server holding many quiet keep-alive connections."""
     loop = asyncio.get_running_loop()
@@ -84,7 +97,7 @@ def _never_called() -> None:
     raise AssertionError("an idle socket became readable")
 
 
-async def queue_ping_pong(n: int) -> tuple[int, float]:
+async def queue_ping_pong(n: int) -> tuple[int, Timing]:
     """Two tasks passing a token through two queues *n* times."""
     there: asyncio.Queue[int] = asyncio.Queue()
     back: asyncio.Queue[int] = asyncio.Queue()
@@ -97,11 +110,11 @@ async def queue_ping_pong(n: int) -> tuple[int, float]:
             back.put_nowait(token)
 
     responder = asyncio.ensure_future(echo())
-    started = time.perf_counter()
+    started = start_clock()
     for i in range(n):
         there.put_nowait(i)
         await back.get()
-    took = time.perf_counter() - started
+    took = stop_clock(started)
     there.put_nowait(-1)
     await responder
     return n, took
@@ -110,7 +123,7 @@ async def queue_ping_pong(n: int) -> tuple[int, float]:
 ECHO_CLIENTS = 100
 
 
-async def tcp_echo(n: int) -> tuple[int, float]:
+async def tcp_echo(n: int) -> tuple[int, Timing]:
     """100 stream clients, each doing *n* / 100 line round trips through an
     echo server on the same loop over loopback TCP."""
     per_client = max(1, n // ECHO_CLIENTS)
@@ -137,16 +150,16 @@ async def tcp_echo(n: int) -> tuple[int, float]:
         writer.close()
         await writer.wait_closed()
 
-    started = time.perf_counter()
+    started = start_clock()
     await asyncio.gather(*(client() for _ in range(ECHO_CLIENTS)))
-    took = time.perf_counter() - started
+    took = stop_clock(started)
     await asyncio.gather(*handlers)  # each ends when its client hangs up
     server.close()
     await server.wait_closed()
     return per_client * ECHO_CLIENTS, took
 
 
-async def tcp_connect(n: int) -> tuple[int, float]:
+async def tcp_connect(n: int) -> tuple[int, Timing]:
     """*n* stream connections opened to a server on the same loop and closed
     again, one after another: DNS-free connect, accept, close."""
 
@@ -155,12 +168,12 @@ async def tcp_connect(n: int) -> tuple[int, float]:
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    started = time.perf_counter()
+    started = start_clock()
     for _ in range(n):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.close()
         await writer.wait_closed()
-    took = time.perf_counter() - started
+    took = stop_clock(started)
     server.close()
     await server.wait_closed()
     return n, took
@@ -169,7 +182,7 @@ async def tcp_connect(n: int) -> tuple[int, float]:
 AIOHTTP_CLIENTS = 10
 
 
-async def aiohttp_round_trip(n: int) -> tuple[int, float]:
+async def aiohttp_round_trip(n: int) -> tuple[int, Timing]:
     """aiohttp client and aiohttp.web server on the same loop: 10 clients
     sharing one session, *n* GETs in all."""
     import aiohttp
@@ -196,9 +209,9 @@ async def aiohttp_round_trip(n: int) -> tuple[int, float]:
                         await response.read()
 
             await client()  # warm the connection pool
-            started = time.perf_counter()
+            started = start_clock()
             await asyncio.gather(*(client() for _ in range(AIOHTTP_CLIENTS)))
-            took = time.perf_counter() - started
+            took = stop_clock(started)
     finally:
         await runner.cleanup()
     return per_client * AIOHTTP_CLIENTS, took
