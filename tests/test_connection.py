@@ -35,8 +35,13 @@ def _start(request, tmp_path_factory, live_server_class, *extra):
         "http_app:app",
         "geventflask.GeventWorker",
         args=[*ARGS, *LOOPS[request.param], *extra],
-        env={"HOOK_LOG": str(where / "hooks.log")},
+        env={
+            "HOOK_LOG": str(where / "hooks.log"),
+            "SERVED_FILE": str(where / "served.bin"),
+        },
     )
+    (where / "served.bin").write_bytes(os.urandom(300_000))
+    server.served_file = where / "served.bin"
     server.hook_log = where / "hooks.log"
     server.loop = request.param
     return server, open(where / "gunicorn.log", "w+")
@@ -260,6 +265,15 @@ def test_a_streamed_body_of_unknown_length_is_chunked(http):
         assert reply.body == b"chunk 0;chunk 1;chunk 2;"
         conn.send(get("/async"))
         assert conn.reply().body == b"async hello"
+
+
+def test_a_file_is_sent_whole_and_the_connection_kept(http):
+    with Connection(http) as conn:
+        conn.send(get("/file"))
+        reply = conn.reply()
+        assert reply.body == http.served_file.read_bytes()
+        conn.send(get("/env?after-file"))
+        assert conn.reply().json()["QUERY_STRING"] == "after-file"
 
 
 def test_the_environ_follows_gunicorns_rules(http):

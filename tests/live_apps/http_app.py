@@ -3,7 +3,7 @@ the WSGI environ, so a test can compare our connection loop with gunicorn's."""
 
 import os
 
-from flask import Flask, Response, request, stream_with_context
+from flask import Flask, Response, request, send_file, stream_with_context
 
 import geventflask
 
@@ -64,6 +64,12 @@ async def async_view():
 @app.get("/boom")
 def boom():
     raise RuntimeError("the view failed on purpose")
+
+
+@app.get("/file")
+def file():
+    """A whole file, which gunicorn sends with sendfile()."""
+    return send_file(os.environ["SERVED_FILE"], mimetype="application/octet-stream")
 
 
 @app.get("/empty")
