@@ -142,6 +142,8 @@ class GeventFlask:
         if not self.serving:
             return
         self._serving_pid = None
+        # A request after this one starts serving again, as before the first.
+        self._set_serving_hook(armed=True)
         self._run_hooks(self._after_serving)
 
     def _run_hooks(self, hooks: list[Hook]) -> None:
@@ -160,6 +162,38 @@ class GeventFlask:
         ):
             _adopt_gunicorn_worker()
             self.start_serving()
+        # Serving, or told not to serve here: nothing is left for this hook
+        # to do in this process, so the requests that follow do not pay for
+        # calling it. A forked child gets it back (see _rearm_after_fork).
+        self._set_serving_hook(armed=False)
+
+    def _set_serving_hook(self, armed: bool) -> None:
+        app = self.app
+        if app is None:
+            return
+        hook = self._serve_before_first_request
+        hooks = app.before_request_funcs.get(None, [])
+        if (hook in hooks) == armed:
+            return
+        # A new list rather than a change in place: Flask may be iterating
+        # the current one (this very hook runs inside that loop), and an
+        # item removed under an iteration makes it skip the next hook.
+        if armed:
+            # First, as the hook was when registered with init_app(): the
+            # app's own hooks may need what before_serving opens.
+            app.before_request_funcs[None] = [hook, *hooks]
+        else:
+            app.before_request_funcs[None] = [h for h in hooks if h != hook]
+
+
+def _rearm_after_fork() -> None:
+    """A forked child serves on its own: give it back the hook that runs the
+    ``before_serving`` hooks before its first request."""
+    for ext in list(_extensions):
+        ext._set_serving_hook(armed=True)
+
+
+os.register_at_fork(after_in_child=_rearm_after_fork)
 
 
 def _adopt_gunicorn_worker() -> None:

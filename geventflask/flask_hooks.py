@@ -70,7 +70,11 @@ def make_response_streaming_async(self: t.Any, rv: t.Any) -> t.Any:
     ``aclose()`` when the server closes the response (a client that went
     away); see :mod:`geventflask.streaming`.
     """
-    if type(rv) is tuple and rv and is_async_body(rv[0]):
+    kind = type(rv)
+    if kind in _PLAIN_BODIES:
+        # The common returns: Flask makes the whole response, nothing async.
+        return _flask_make_response(self, rv)
+    if kind is tuple and rv and is_async_body(rv[0]):
         rv = (stream_async_body(rv[0]), *rv[1:])
     elif is_async_body(rv):
         rv = stream_async_body(rv)
@@ -80,6 +84,8 @@ def make_response_streaming_async(self: t.Any, rv: t.Any) -> t.Any:
     return response
 
 
+#: Return types Flask turns into a response whose body is never async.
+_PLAIN_BODIES = frozenset({str, bytes, dict, list})
 _flask_make_response: t.Callable[[t.Any, t.Any], t.Any]
 _installed = False
 

@@ -29,15 +29,13 @@ import contextvars
 import typing as t
 import weakref
 
-import greenlet
 from gevent import get_hub
 
 from . import _compat
+from .bridge import HubWaiter
 from .policy import get_loop
 
 __all__ = ["AsyncBodyIterator", "end_all", "is_async_body", "stream_async_body"]
-
-_getcurrent = greenlet.getcurrent
 
 # What the consumer sends the producing task when it asks for more.
 _NEXT = "next"
@@ -114,9 +112,8 @@ class AsyncBodyIterator:
         "_ending",
         "_error",
         "_finished",
-        "_hub",
         "_task",
-        "_waiter",
+        "_turn",
     )
 
     def __init__(self, body: t.AsyncIterable[t.Any]) -> None:
@@ -124,15 +121,14 @@ class AsyncBodyIterator:
         self._task: asyncio.Task[None] | None = None
         #: The task waits on this future for the consumer's next command.
         self._command: asyncio.Future[str] | None = None
-        #: The greenlet waiting in next() or close(); None once handed a result.
-        self._waiter: greenlet.greenlet | None = None
+        #: Hands the turn back to the greenlet waiting in next() or close().
+        self._turn: HubWaiter | None = None
         self._chunk: t.Any = None
         self._error: BaseException | None = None
         #: True once the task has ended (body exhausted, failed or closed).
         self._finished = False
         #: True once end_all() has asked the task to stop.
         self._ending = False
-        self._hub: t.Any = None
 
     def __iter__(self) -> AsyncBodyIterator:
         return self
@@ -193,8 +189,8 @@ class AsyncBodyIterator:
                 " with 'async for' instead, or from sync code in a greenlet"
                 " of its own."
             )
-        self._hub = get_hub()
-        self._waiter = _getcurrent()
+        self._turn = turn = HubWaiter(get_hub())
+        turn.expect()
         _streaming.add(self)
         self._task = asyncio.Task(
             self._produce(closing),
@@ -204,7 +200,7 @@ class AsyncBodyIterator:
         )
 
     def _send(self, command: str) -> None:
-        self._waiter = _getcurrent()
+        t.cast(HubWaiter, self._turn).expect()
         future = self._command
         self._command = None
         # Done already when end_all() cancelled the task waiting on it.
@@ -212,18 +208,10 @@ class AsyncBodyIterator:
             future.set_result(command)
 
     def _wait(self) -> None:
-        hub = self._hub
-        try:
-            while self._waiter is not None:
-                hub.switch()
-        except BaseException:
-            # Killed or timed out while waiting: the generator must not run on
-            # alone; it sees CancelledError where it waits.
-            self._waiter = None
-            task = self._task
-            if task is not None:
-                task.cancel()
-            raise
+        # Killed or timed out while waiting: the task is cancelled, so the
+        # generator does not run on alone; it sees CancelledError where it
+        # waits.
+        t.cast(HubWaiter, self._turn).wait(self._task)
 
     def _end(self) -> bool:
         task = self._task
@@ -237,6 +225,7 @@ class AsyncBodyIterator:
 
     async def _produce(self, closing: bool) -> None:
         loop = asyncio.get_running_loop()
+        turn = t.cast(HubWaiter, self._turn)
         iterator: t.Any = None
         outcome: BaseException | None = None
         # Whether the iterator may still hold a frame to close: not once it
@@ -252,7 +241,7 @@ class AsyncBodyIterator:
                     open_iterator = False
                     return
                 command = self._command = loop.create_future()
-                self._hand_over()
+                turn.wake()
                 closing = await command == _CLOSE
         except GeneratorExit:
             # This task is being destroyed unfinished (its loop closed): no
@@ -286,19 +275,7 @@ class AsyncBodyIterator:
             self._error = outcome
             self._finished = True
             _streaming.discard(self)
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        # Runs on the loop: wake the consumer from the hub, where switching
-        # to a waiting greenlet is allowed.
-        if self._waiter is not None:
-            self._hub.loop.run_callback(self._wake)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.switch()
+            turn.wake()
 
 
 async def _aclose(iterator: t.Any) -> None:

@@ -536,24 +536,90 @@ def test_cancelling_the_awaiting_task_kills_the_greenlet():
     assert events == ["killed", "finally"]
 
 
+def note_greenlet_then_sleep(workers):
+    workers.append(greenlet.getcurrent())
+    time.sleep(30)
+
+
+def kill_from_the_hub(worker):
+    """Throw GreenletExit at *worker*, as gevent's kill does."""
+    gevent.get_hub().loop.run_callback(
+        functools.partial(worker.throw, greenlet.GreenletExit)
+    )
+
+
 def test_a_greenlet_killed_by_someone_else_cancels_the_awaiting_task():
     workers = []
 
-    def slow():
-        workers.append(greenlet.getcurrent())
-        time.sleep(30)
-
     async def watch():
-        return await sync_to_async(slow)()
+        return await sync_to_async(note_greenlet_then_sleep)(workers)
 
     waiting = gevent.spawn(await_, watch())
     wait_until(lambda: workers)
-    gevent.get_hub().loop.run_callback(
-        functools.partial(workers[0].throw, greenlet.GreenletExit)
-    )
+    kill_from_the_hub(workers[0])
     waiting.join(5)
     assert waiting.dead
     assert isinstance(waiting.exception, asyncio.CancelledError)
+
+
+def test_sync_to_async_reuses_the_greenlet_of_a_finished_call():
+    def fails():
+        raise Boom("in a worker greenlet")
+
+    async def in_turn():
+        first = await sync_to_async(identify)()
+        with pytest.raises(Boom):
+            await sync_to_async(fails)()
+        return first, await sync_to_async(identify)()
+
+    (first, _), (second, _) = await_(in_turn())
+    # A failure does not cost the greenlet either.
+    assert second is first
+
+
+def test_a_greenlet_killed_on_cancellation_is_not_reused():
+    workers = []
+
+    async def cancel_then_call_again():
+        slow = sync_to_async(note_greenlet_then_sleep)
+        task = asyncio.create_task(slow(workers))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)  # the kill runs in the hub
+        return await sync_to_async(identify)()
+
+    worker, _ = await_(cancel_then_call_again())
+    assert workers[0].dead
+    assert worker is not workers[0]
+
+
+def test_an_idle_greenlet_killed_by_someone_else_is_replaced():
+    idle, _ = await_(sync_to_async(identify)())
+    kill_from_the_hub(idle)
+    wait_until(lambda: idle.dead)
+    worker, _ = await_(sync_to_async(identify)())
+    assert worker is not idle
+    assert await_(sync_to_async(sum)([1, 2])) == 3
+
+
+def test_a_burst_of_calls_leaves_a_bounded_number_of_idle_greenlets():
+    from geventflask.bridge import MAX_IDLE_WORKERS
+
+    workers = set()
+
+    def nap():
+        workers.add(greenlet.getcurrent())
+        time.sleep(0.05)
+
+    async def burst():
+        nap_aside = sync_to_async(nap)
+        await asyncio.gather(*(nap_aside() for _ in range(3 * MAX_IDLE_WORKERS)))
+
+    await_(burst())
+    assert len(workers) == 3 * MAX_IDLE_WORKERS  # all ran at once
+    wait_until(lambda: sum(not w.dead for w in workers) <= MAX_IDLE_WORKERS)
 
 
 def test_sync_to_async_keeps_name_and_is_a_coroutine_function():
