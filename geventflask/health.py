@@ -60,6 +60,18 @@ GREENLET_COUNT_TTL = 1.0
 
 _getcurrent = greenlet.getcurrent
 
+# This process's id, kept up to date across forks: os.getpid() is a system
+# call, and the middleware asks on every request.
+_pid = os.getpid()
+
+
+def _note_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_pid)
+
 
 class _LagMeter:
     """A timer on the shared loop that notes how late it fires."""
@@ -299,7 +311,7 @@ class HealthMiddleware:
 
     def start(self) -> None:
         """Start this process's detector, lag timer and exporter (after fork)."""
-        self.started_in = os.getpid()
+        self.started_in = _pid
         if self.threshold is not None:
             monitor.watch(self.threshold)
         process = _this_process()
@@ -324,7 +336,7 @@ class HealthMiddleware:
         process.export_every(self.interval)
 
     def __call__(self, environ: dict[str, t.Any], start_response: t.Any) -> t.Any:
-        if self.started_in != os.getpid():
+        if self.started_in != _pid:
             self.start()
         path = environ.get("PATH_INFO")
         if path == self.health_path:
