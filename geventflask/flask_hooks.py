@@ -42,20 +42,32 @@ def run_on_hub_loop(
     # Flask asks again on every call of every async view and hook, so the
     # wrapper of a plain function is made once and kept on the function: it
     # lives exactly as long as the function (a cache keyed by the function
-    # would keep alive those made per request). A copy of the attribute on
-    # another function (functools.wraps copies __dict__) is not ours.
-    if type(func) is _FunctionType:
-        wrapper = func.__dict__.get(_WRAPPER_ATTRIBUTE)
-        if wrapper is None or wrapper.__wrapped__ is not func:
-            wrapper = async_to_sync(func)
-            setattr(func, _WRAPPER_ATTRIBUTE, wrapper)
-        return wrapper
-    # Bound methods (View and MethodView handlers) are new objects per
-    # request; nothing is kept for them.
+    # would keep alive those made per request).
+    kind = type(func)
+    if kind is _FunctionType:
+        return _kept_wrapper(func)
+    method: t.Any = func
+    if kind is _MethodType and type(method.__func__) is _FunctionType:
+        # View and MethodView handlers are bound methods, new per request:
+        # bind the function's kept wrapper instead of wrapping each anew.
+        return _MethodType(_kept_wrapper(method.__func__), method.__self__)
     return async_to_sync(func)
 
 
+def _kept_wrapper(
+    func: t.Callable[..., t.Coroutine[t.Any, t.Any, t.Any]],
+) -> t.Callable[..., t.Any]:
+    # A copy of the attribute on another function (functools.wraps copies
+    # __dict__) is not ours.
+    wrapper = func.__dict__.get(_WRAPPER_ATTRIBUTE)
+    if wrapper is None or wrapper.__wrapped__ is not func:
+        wrapper = async_to_sync(func)
+        setattr(func, _WRAPPER_ATTRIBUTE, wrapper)
+    return wrapper
+
+
 _FunctionType = types.FunctionType
+_MethodType = types.MethodType
 _WRAPPER_ATTRIBUTE = "_geventflask_sync"
 
 

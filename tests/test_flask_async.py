@@ -523,6 +523,21 @@ def test_the_sync_wrapper_of_a_function_is_made_once():
     assert wrapper.__wrapped__ is greet
 
 
+def test_the_sync_wrapper_of_a_method_is_made_once_and_bound_per_instance():
+    app = Flask(__name__)
+    first, second = EchoMethodView(), EchoMethodView()
+    for_first, for_second = app.ensure_sync(first.get), app.ensure_sync(second.get)
+    assert for_first.__func__ is for_second.__func__
+    assert for_second.__self__ is second
+    with app.test_request_context("/methodview"):
+        assert for_second() == "methodview GET"
+    # The kept wrapper does not keep the instance it was bound to.
+    instance = weakref.ref(second)
+    del second, for_second
+    gc.collect()
+    assert instance() is None
+
+
 def test_a_copied_wrapper_attribute_is_not_reused():
     app = Flask(__name__)
     app.ensure_sync(greet)
