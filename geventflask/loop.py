@@ -55,6 +55,10 @@ __all__ = ["HubEventLoop"]
 logger = logging.getLogger("geventflask")
 
 _getcurrent = greenlet.getcurrent
+_heappush = heapq.heappush
+_Handle = asyncio.Handle
+_TimerHandle = asyncio.TimerHandle
+_Task = asyncio.Task
 _greenlet_switch = greenlet.greenlet.switch
 _real_get_ident: t.Callable[[], int] = get_original("_thread", "get_ident")
 _monotonic = time.monotonic
@@ -79,6 +83,12 @@ READ_SIZE = 64 * 1024
 _RUNNING, _PARKED, _YIELDING, _WAKING, _IDLE = range(5)
 
 _PENDING = object()
+
+#: With ``retain_tasks``: the longest time, in seconds, between a retained
+#: task's failure and its log record (see :meth:`HubEventLoop._sweep`).
+SWEEP_INTERVAL = 0.5
+#: ...and the number of retained tasks below which creating one never sweeps.
+SWEEP_MIN = 64
 
 
 class _HubSelector(selectors.BaseSelector):
@@ -387,8 +397,10 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._outer_loop: asyncio.AbstractEventLoop | None = None
         self._resume_cb = self._resume
         self.retain_tasks = retain_tasks
-        #: Tasks kept alive until done (only with ``retain_tasks``).
-        self.background_tasks: set[asyncio.Task[t.Any]] = set()
+        # Tasks kept alive (see background_tasks), some of them done already.
+        self._retained: set[asyncio.Task[t.Any]] = set()
+        self._sweep_at = SWEEP_MIN
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._signal_watchers: dict[int, t.Any] = {}
         self._yield_timer = self._hub.loop.timer(0.0)
         self._interleaver = _interleaver_for(self._hub)
@@ -399,6 +411,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._agen_finalizer = self._asyncgen_finalizer_hook
 
     # -- scheduling: wake the loop when another greenlet adds work ---------
+    #
+    # These run for every callback, timer and task, so the common case (loop
+    # open, debug off) takes a short path of its own; everything else goes
+    # through asyncio's checks. Either way, a loop parked in the hub is woken:
+    # the caller may be another greenlet, or await_()'s first step.
 
     def call_soon(
         self,
@@ -406,14 +423,13 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         *args: t.Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
-        self._check_closed()
-        if self._debug:
-            self._check_thread()
-            self._check_callback(callback, "call_soon")
-        handle = asyncio.Handle(callback, args, self, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
-        self._ready.append(handle)
+        if self._closed or self._debug:
+            handle = super().call_soon(callback, *args, context=context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]  # this frame, as CPython does
+        else:
+            handle = _Handle(callback, args, self, context)
+            self._ready.append(handle)
         if self._state == _PARKED:
             self._wake()
         return handle
@@ -425,12 +441,31 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         *args: t.Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
-        handle = super().call_at(when, callback, *args, context=context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]  # this frame, as CPython does
+        if self._closed or self._debug or when is None:
+            handle = super().call_at(when, callback, *args, context=context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]
+        else:
+            handle = _TimerHandle(when, callback, args, self, context)
+            _heappush(self._scheduled, handle)
+            handle._scheduled = True
         if self._state == _PARKED:
             self._wake()  # the new timer may be due before the parked timeout
         return handle
+
+    def call_later(
+        self,
+        delay: float,
+        callback: t.Callable[..., object],
+        *args: t.Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if self._debug or delay is None:
+            handle = super().call_later(delay, callback, *args, context=context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]
+            return handle
+        return self.call_at(self.time() + delay, callback, *args, context=context)
 
     def call_soon_threadsafe(
         self,
@@ -559,6 +594,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             self._wake()
 
     def close(self) -> None:
+        if self.retain_tasks and not self.is_running():
+            self._sweep()  # log the failures no sweep has seen yet
         super().close()
         self._yield_timer.close()
 
@@ -958,20 +995,62 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
 
     # -- tasks -----------------------------------------------------------------
 
-    def create_task(self, coro: t.Any, **kwargs: t.Any) -> asyncio.Task[t.Any]:
-        task = super().create_task(coro, **kwargs)
+    def create_task(
+        self,
+        coro: t.Any,
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+        **kwargs: t.Any,
+    ) -> asyncio.Task[t.Any]:
+        if kwargs or self._task_factory is not None or self._closed or self._debug:
+            task = super().create_task(coro, name=name, context=context, **kwargs)
+            if self._task_factory is None and task._source_traceback:
+                del task._source_traceback[-1]
+        else:
+            task = _Task(coro, loop=self, name=name, context=context)
         if self.retain_tasks:
-            self.background_tasks.add(task)
-            task.add_done_callback(self._background_task_done)
+            retained = self._retained
+            retained.add(task)
+            if len(retained) >= self._sweep_at:
+                self._sweep()
+            if self._sweep_timer is None:
+                self._sweep_timer = self.call_later(SWEEP_INTERVAL, self._sweep_tick)
         return task
 
-    def _background_task_done(self, task: asyncio.Task[t.Any]) -> None:
-        self.background_tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            logger.error("Background task %s failed", task.get_name(), exc_info=exc)
+    @property
+    def background_tasks(self) -> set[asyncio.Task[t.Any]]:
+        """The tasks kept alive that are still running (only with
+        ``retain_tasks``); those that failed since the last look are logged."""
+        self._sweep()
+        return self._retained
+
+    def _sweep(self) -> None:
+        """Let go of the retained tasks that are done, logging the failed ones.
+
+        A done callback per task would cost a scheduled callback (a handle and
+        a pass through the ready queue) for every task. Instead the set is
+        swept whenever it has doubled since the last sweep (so each task costs
+        a constant share of a sweep), and every :data:`SWEEP_INTERVAL`
+        seconds while it holds tasks, so a failure is logged even when no
+        new task comes.
+        """
+        retained = self._retained
+        finished = [task for task in retained if task.done()]
+        retained.difference_update(finished)
+        self._sweep_at = max(SWEEP_MIN, 2 * len(retained))
+        for task in finished:
+            if task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is not None:
+                logger.error("Background task %s failed", task.get_name(), exc_info=exc)
+
+    def _sweep_tick(self) -> None:
+        self._sweep_timer = None
+        self._sweep()
+        if self._retained:
+            self._sweep_timer = self.call_later(SWEEP_INTERVAL, self._sweep_tick)
 
     # -- subprocesses: gevent's child watcher -----------------------------------
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import os
 import signal
 import socket
 import ssl
 import sys
 import time
+import weakref
 
 import gevent
 import greenlet
@@ -785,3 +787,105 @@ def test_debug_mode_does_not_call_a_cooperative_wait_a_slow_callback(caplog):
         loop.close()
     assert cooperative_records == []
     assert len(blocking_records) == 1
+
+
+# -- retain_tasks: background tasks kept alive, failures logged ----------------
+
+
+@pytest.fixture
+def retaining_loop():
+    loop = HubEventLoop(retain_tasks=True)
+    handled: list[dict] = []
+    loop.set_exception_handler(lambda _, context: handled.append(context))
+    yield loop
+    if not loop.is_closed():
+        loop.close()
+    assert not handled, f"loop exception handler was called: {handled}"
+
+
+def test_a_retained_task_lives_until_done_then_is_let_go(retaining_loop):
+    loop = retaining_loop
+    release = asyncio.Event()
+
+    async def background():
+        await release.wait()
+        return "done"
+
+    async def main():
+        task_ref = weakref.ref(loop.create_task(background(), name="kept"))
+        gc.collect()
+        task = task_ref()
+        assert task is not None and not task.done()
+        main_task = asyncio.current_task()  # run_until_complete() made it
+        assert loop.background_tasks == {main_task, task}
+        release.set()
+        assert await task == "done"
+        del task
+        assert loop.background_tasks == {main_task}
+        gc.collect()
+        return task_ref
+
+    assert loop.run_until_complete(main())() is None
+
+
+def test_a_failed_background_task_is_logged_with_no_new_task_to_prompt_it(
+    retaining_loop, caplog
+):
+    loop = retaining_loop
+
+    async def doomed():
+        raise ValueError("background failure")
+
+    def logged():
+        return [r for r in caplog.records if "Background task" in r.getMessage()]
+
+    async def main():
+        loop.create_task(doomed(), name="doomed")
+        deadline = loop.time() + 10
+        while not logged() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    with caplog.at_level("ERROR", logger="geventflask"):
+        loop.run_until_complete(main())
+    [record] = logged()
+    assert record.getMessage() == "Background task doomed failed"
+    assert isinstance(record.exc_info[1], ValueError)
+
+
+def test_closing_the_loop_logs_failures_not_yet_seen(retaining_loop, caplog):
+    loop = retaining_loop
+
+    async def doomed():
+        raise ValueError("background failure")
+
+    async def main():
+        task = loop.create_task(doomed(), name="doomed-at-close")
+        await asyncio.wait([task])
+
+    with caplog.at_level("ERROR", logger="geventflask"):
+        loop.run_until_complete(main())
+        loop.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["Background task doomed-at-close failed"]
+
+
+def test_finished_tasks_are_let_go_while_new_ones_keep_coming(retaining_loop):
+    # A busy loop may never be idle long enough for a timed sweep: creating
+    # tasks must itself let go of the finished ones, or they pile up.
+    loop = retaining_loop
+    refs = []
+
+    async def short():
+        pass
+
+    async def main():
+        for _ in range(40):
+            tasks = [loop.create_task(short()) for _ in range(50)]
+            refs.extend(weakref.ref(task) for task in tasks)
+            await asyncio.gather(*tasks)
+            del tasks
+
+    loop.run_until_complete(main())
+    gc.collect()
+    alive = sum(ref() is not None for ref in refs)
+    assert alive <= 300, f"{alive} of {len(refs)} finished tasks still held"
