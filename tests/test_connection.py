@@ -460,3 +460,27 @@ def _pid(server):
     with Connection(server) as conn:
         conn.send(get("/env"))
         return conn.reply().json()["pid"]
+
+
+@pytest.mark.parametrize(
+    "settings, reason",
+    [
+        ({}, None),
+        ({"certfile": __file__, "keyfile": __file__}, "TLS (certfile/keyfile)"),
+        ({"http_protocols": "h2,h1"}, "http_protocols = ['h2', 'h1']"),
+        ({"http2_cleartext": "upgrade"}, "http2_cleartext = 'upgrade'"),
+        ({"proxy_protocol": "v1"}, "proxy_protocol = 'v1'"),
+        ({"protocol": "uwsgi"}, "protocol = 'uwsgi'"),
+        ({"http_parser": "python"}, "http_parser = 'python'"),
+        ({"permit_obsolete_folding": True}, "permit_obsolete_folding"),
+    ],
+)
+def test_settings_that_need_gunicorns_own_loop(settings, reason):
+    from gunicorn.config import Config
+
+    from geventflask.connection import unsupported_setting
+
+    cfg = Config()
+    for name, value in settings.items():
+        cfg.set(name, value)
+    assert unsupported_setting(cfg) == reason
