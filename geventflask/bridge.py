@@ -436,11 +436,23 @@ class _GreenletJob:
             value = self.context.run(self.func, *self.args, **self.kwargs)
         except BaseException as exc:  # noqa: B036 - delivered to the awaiting task
             self.worker = None
-            _deliver(self.loop, self.future, None, exc)
+            self._deliver(None, exc)
             return not isinstance(exc, greenlet.GreenletExit)
         self.worker = None
-        _deliver(self.loop, self.future, value, None)
+        self._deliver(value, None)
         return True
+
+    def _deliver(self, value: t.Any, exc: BaseException | None) -> None:
+        loop = self.loop
+        if isinstance(loop, HubEventLoop) and not loop.is_closed():
+            # This greenlet shares the hub loop's thread, so it settles the
+            # future itself: that only queues the awaiting task's wake-up
+            # with call_soon(), which wakes a parked hub loop, and saves the
+            # loop a pass through a callback of its own. (Another loop's
+            # call_soon() would not wake it.)
+            _settle(self.future, value, exc)
+        else:
+            _deliver(loop, self.future, value, exc)
 
 
 #: Idle greenlets a hub keeps for ``sync_to_async`` calls. Starting a new

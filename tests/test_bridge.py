@@ -562,6 +562,18 @@ def test_a_greenlet_killed_by_someone_else_cancels_the_awaiting_task():
     assert isinstance(waiting.exception, asyncio.CancelledError)
 
 
+def test_sync_to_async_wakes_a_stock_loop_waiting_for_it():
+    # A loop other than the hub loop, waiting in its selector, must hear of
+    # the result through its own wake-up path.
+    loop = asyncio.SelectorEventLoop()
+    try:
+        with gevent.Timeout(10):
+            result = loop.run_until_complete(sync_to_async(sum)([1, 2]))
+    finally:
+        loop.close()
+    assert result == 3
+
+
 def test_sync_to_async_reuses_the_greenlet_of_a_finished_call():
     def fails():
         raise Boom("in a worker greenlet")
