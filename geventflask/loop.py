@@ -83,6 +83,7 @@ READ_SIZE = 64 * 1024
 _RUNNING, _PARKED, _YIELDING, _WAKING, _IDLE = range(5)
 
 _PENDING = object()
+_INFINITY = float("inf")
 
 #: With ``retain_tasks``: the longest time, in seconds, between a retained
 #: task's failure and its log record (see :meth:`HubEventLoop._sweep`).
@@ -393,6 +394,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._driver: greenlet.greenlet | None = None
         self._outcome: t.Any = _PENDING
         self._last_yield = 0.0
+        #: Loop time by which a parked loop wakes by itself (inf: only when
+        #: woken).
+        self._parked_until = _INFINITY
         self._saved_agen_hooks: t.Any = None
         self._outer_loop: asyncio.AbstractEventLoop | None = None
         self._resume_cb = self._resume
@@ -449,8 +453,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             handle = _TimerHandle(when, callback, args, self, context)
             _heappush(self._scheduled, handle)
             handle._scheduled = True
-        if self._state == _PARKED:
-            self._wake()  # the new timer may be due before the parked timeout
+        if self._state == _PARKED and when < self._parked_until:
+            # Due before the parked loop would wake: wake it now. A later
+            # timer waits for that wake-up (await_()'s first step often
+            # sets one, and a wake costs a trip through the hub).
+            self._wake()
         return handle
 
     def call_later(
@@ -934,11 +941,13 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         if ready or self._stopping:
             timeout: float | None = 0
         elif scheduled:
+            self._parked_until = scheduled[0]._when
             timeout = min(
-                max(0.0, scheduled[0]._when - self.time()),
+                max(0.0, self._parked_until - self.time()),
                 _compat.MAXIMUM_SELECT_TIMEOUT,
             )
         else:
+            self._parked_until = _INFINITY
             timeout = None
 
         event_list = self._wait_for_events(timeout)

@@ -390,6 +390,36 @@ class TestHubOnly(TestHubLoop):
         assert finished["greenlet"] < finished["blocker"]
         assert finished["task"] < 0.9 and finished["greenlet"] < 0.9
 
+    def test_timers_set_by_other_greenlets_while_parked_fire(self):
+        # The parked loop waits for its earliest timer (wait_for's 10 s).
+        # A timer due sooner must wake it; one due later than that needs
+        # no wake-up but must fire all the same.
+        loop = self.loop
+        fired = []
+
+        async def main():
+            done = loop.create_future()
+
+            def from_greenlet():
+                loop.call_later(0.05, fired.append, "soon")
+                loop.call_at(loop.time() + 0.1, done.set_result, None)
+
+            gevent.spawn(from_greenlet)
+            await asyncio.wait_for(done, 10)
+            later = loop.create_future()
+            loop.call_later(0.05, fired.append, "parked until")
+
+            def after_the_park():
+                loop.call_later(0.2, later.set_result, None)
+
+            gevent.spawn(after_the_park)
+            await asyncio.wait_for(later, 10)
+
+        started = time.monotonic()
+        self.run(main())
+        assert fired == ["soon", "parked until"]
+        assert time.monotonic() - started < 5  # woken, not timed out at 10 s
+
     def test_hundred_blocking_tasks_overlap(self):
         async def nap():
             time.sleep(0.5)
