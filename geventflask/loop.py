@@ -55,6 +55,12 @@ __all__ = ["HubEventLoop"]
 logger = logging.getLogger("geventflask")
 
 _getcurrent = greenlet.getcurrent
+_gettrace = greenlet.gettrace
+_settrace = greenlet.settrace
+_get_asyncgen_hooks = sys.get_asyncgen_hooks
+_set_asyncgen_hooks = sys.set_asyncgen_hooks
+_set_running_loop = _compat.set_running_loop
+_get_running_loop = _compat.get_running_loop_or_none
 _heappush = heapq.heappush
 _Handle = asyncio.Handle
 _TimerHandle = asyncio.TimerHandle
@@ -310,20 +316,24 @@ class _Interleaver:
         self.detached: dict[greenlet.greenlet, _Detached] = {}
         self._previous: t.Any = None
         self._installed = False
+        # One bound method for good, so greenlet.gettrace() can be checked
+        # against it by identity.
+        self._tracer = self._trace
 
     def add(self, runner: greenlet.greenlet, record: _Detached) -> None:
         self.detached[runner] = record
-        if self._installed and greenlet.gettrace() is None:
+        if self._installed and _gettrace() is None:
             self._installed = False  # whoever was on top removed the chain
         if not self._installed:
-            self._previous = greenlet.settrace(self._trace)
+            self._previous = _settrace(self._tracer)
             self._installed = True
 
     def remove(self, runner: greenlet.greenlet) -> None:
-        self.detached.pop(runner, None)
-        if not self.detached and self._installed:
-            if greenlet.gettrace() == self._trace:
-                greenlet.settrace(self._previous)
+        detached = self.detached
+        detached.pop(runner, None)
+        if not detached and self._installed:
+            if _gettrace() is self._tracer:
+                _settrace(self._previous)
                 self._installed = False
                 self._previous = None
             # Otherwise another tracer (gevent's monitor, say) was installed
@@ -410,6 +420,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._interleaver = _interleaver_for(self._hub)
         self._taken_step: tuple[t.Callable[..., object], tuple[t.Any, ...]] | None
         self._taken_step = None
+        self._take_step_cb = self._take_step
         super().__init__(selector=_HubSelector(self))
         self._agen_firstiter = self._asyncgen_firstiter_hook
         self._agen_finalizer = self._asyncgen_finalizer_hook
@@ -632,19 +643,19 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         # Keep whatever loop another greenlet left running (asyncio.run() in
         # a sync greenlet, say) and give it back on _deactivate(), so the
         # loops of different greenlets never erase each other.
-        outer = _compat.get_running_loop_or_none()
+        outer = _get_running_loop()
         self._outer_loop = None if outer is self else outer
-        _compat.set_running_loop(self)
-        self._saved_agen_hooks = sys.get_asyncgen_hooks()
+        _set_running_loop(self)
+        self._saved_agen_hooks = _get_asyncgen_hooks()
         # Positional: half the cost of keywords, and this runs on every wake.
-        sys.set_asyncgen_hooks(self._agen_firstiter, self._agen_finalizer)
+        _set_asyncgen_hooks(self._agen_firstiter, self._agen_finalizer)
 
     def _deactivate(self) -> None:
-        _compat.set_running_loop(self._outer_loop)
+        _set_running_loop(self._outer_loop)
         self._outer_loop = None
         hooks = self._saved_agen_hooks
         if hooks is not None:
-            sys.set_asyncgen_hooks(*hooks)
+            _set_asyncgen_hooks(*hooks)
             self._saved_agen_hooks = None
 
     def _wait_for_events(
@@ -766,20 +777,20 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             return asyncio.Task(coro, loop=self, name=name, context=context)
         # The task schedules its first step with call_soon(); take the step
         # instead, so it neither queues nor wakes the loop.
-        self.call_soon = self._take_step  # type: ignore[method-assign,assignment]
+        self.call_soon = self._take_step_cb  # type: ignore[method-assign]
         try:
-            task = asyncio.Task(coro, loop=self, name=name, context=context)
+            task = _Task(coro, loop=self, name=name, context=context)
         finally:
             del self.call_soon
-        step, args = t.cast(tuple[t.Any, tuple[t.Any, ...]], self._taken_step)
+        step, args = self._taken_step  # type: ignore[misc]
         self._taken_step = None
         me = _getcurrent()
         interleaver = self._interleaver
-        interleaver.add(me, _Detached(self, None, live=True))
+        interleaver.add(me, _Detached(self, None, True))
         # What _activate() does, for a caller with no running loop.
-        _compat.set_running_loop(self)
-        self._saved_agen_hooks = sys.get_asyncgen_hooks()
-        sys.set_asyncgen_hooks(self._agen_firstiter, self._agen_finalizer)
+        _set_running_loop(self)
+        self._saved_agen_hooks = _get_asyncgen_hooks()
+        _set_asyncgen_hooks(self._agen_firstiter, self._agen_finalizer)
         try:
             context.run(step, *args)
         except (SystemExit, KeyboardInterrupt):
