@@ -390,8 +390,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
 
     :param retain_tasks: Keep a strong reference to every task created with
         :meth:`create_task` until it is done, and log the exception of one
-        that failed. The worker's shared loop (:func:`geventflask.get_loop`)
-        does this so background tasks are never garbage-collected mid-flight.
+        that failed (within :data:`SWEEP_INTERVAL` seconds). The worker's
+        shared loop (:func:`geventflask.get_loop`) does this so background
+        tasks are never garbage-collected mid-flight.
 
     .. versionadded:: 0.1
     """
@@ -777,7 +778,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             return asyncio.Task(coro, loop=self, name=name, context=context)
         # The task schedules its first step with call_soon(); take the step
         # instead, so it neither queues nor wakes the loop.
-        self.call_soon = self._take_step_cb  # type: ignore[method-assign]
+        self.call_soon = self._take_step_cb  # type: ignore[method-assign,assignment]
         try:
             task = _Task(coro, loop=self, name=name, context=context)
         finally:
