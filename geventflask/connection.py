@@ -331,7 +331,7 @@ class ConnectionLoop:
                 # timer keeps its first deadline (gevent issue 1890), so one
                 # reused timer cut busy connections after ``keepalive``
                 # seconds of waiting in total.
-                with gevent.Timeout(settings.keepalive or None, False):
+                with gevent.Timeout(settings.keepalive or None, False):  # type: ignore[arg-type]
                     try:
                         req = parser.mesg = _Request(
                             settings, parser.unreader, addr, parser.req_count, trusted

@@ -72,6 +72,13 @@ def file():
     return send_file(os.environ["SERVED_FILE"], mimetype="application/octet-stream")
 
 
+@app.get("/gc")
+def gc_settings():
+    import gc
+
+    return {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}
+
+
 @app.get("/empty")
 def empty():
     return "", 204

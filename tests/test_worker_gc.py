@@ -1,0 +1,39 @@
+"""GeventWorker's garbage-collector settings, in a real gunicorn worker."""
+
+import gc
+import json
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.live_server
+
+
+def gc_of(server):
+    with urllib.request.urlopen(server.url + "/gc", timeout=10) as reply:
+        return json.load(reply)
+
+
+@pytest.mark.parametrize(
+    "setting, threshold",
+    [(None, 10_000), ("2500", 2_500), ("default", gc.get_threshold()[0])],
+)
+def test_the_worker_sets_the_threshold_and_freezes_the_app(
+    live_server, setting, threshold
+):
+    env = {} if setting is None else {"GEVENTFLASK_GC_THRESHOLD": setting}
+    server = live_server("http_app:app", env=env, ready_path="/gc")
+    seen = gc_of(server)
+    assert seen["threshold"][0] == threshold
+    assert (seen["frozen"] > 0) == (setting != "default")
+
+
+def test_a_bad_setting_fails_the_boot_with_the_fix(live_server):
+    with pytest.raises(RuntimeError) as failed:
+        live_server(
+            "http_app:app", env={"GEVENTFLASK_GC_THRESHOLD": "lots"}, timeout=15
+        )
+    assert "GEVENTFLASK_GC_THRESHOLD='lots' is not a positive integer" in str(
+        failed.value
+    )
+    assert "Worker failed to boot" in str(failed.value)
