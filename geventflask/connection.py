@@ -94,11 +94,7 @@ def _gunicorn_has_the_parts() -> bool:
 
 
 class _Settings:
-    """What a request needs from gunicorn's config, read once per worker.
-
-    The request limits are gunicorn's own, taken from a ``Request`` that
-    gunicorn initialises from *cfg* without reading anything.
-    """
+    """What a request needs from gunicorn's config, read once per worker."""
 
     def __init__(self, cfg: t.Any) -> None:
         #: What gunicorn's request and response code reads as ``cfg``.
@@ -106,13 +102,10 @@ class _Settings:
         self.keepalive = cfg.keepalive
         self.pre_request = cfg.pre_request
         self.post_request = cfg.post_request
-        self.scheme = "https" if cfg.is_ssl else "http"
-        limits = _limits_of(cfg)
-        self.limit_request_line = limits.limit_request_line
-        self.fast_limit_request_line = limits._fast_limit_request_line
-        self.limit_request_fields = limits.limit_request_fields
-        self.limit_request_field_size = limits.limit_request_field_size
-        self.max_buffer_headers = limits.max_buffer_headers
+        #: The attributes gunicorn's ``Request`` constructor derives from the
+        #: config before it reads anything (limits, scheme, parser choice),
+        #: computed by that constructor itself.
+        self.request_fields = _request_fields(self.cfg)
         environ = wsgi.base_environ(cfg)
         environ["wsgi.multithread"] = True  # as gunicorn's async workers say
         #: Copied for each request (gunicorn builds it, and a new
@@ -137,9 +130,9 @@ class _SettledConfig:
         return value
 
 
-def _limits_of(cfg: t.Any) -> Request:
-    """A gunicorn ``Request`` whose constructor ran up to the point where it
-    would read from the connection, which has computed the limits."""
+def _request_fields(cfg: t.Any) -> dict[str, t.Any]:
+    """The instance attributes of a gunicorn ``Request`` whose constructor
+    ran up to the point where it would read from the connection."""
 
     class _Stop(Exception):
         pass
@@ -151,7 +144,7 @@ def _limits_of(cfg: t.Any) -> Request:
     try:
         _Probe(cfg, None, ("127.0.0.1", 0))
     except _Stop as stop:
-        return stop.args[0]
+        return dict(vars(stop.args[0]))
     raise AssertionError("gunicorn's Request did not parse")
 
 
@@ -167,31 +160,14 @@ class _Request(Request):  # type: ignore[misc]
         req_number: int,
         trusted: bool | None,
     ) -> None:
-        # Request.__init__ and Message.__init__, with the values derived
-        # from the config precomputed.
-        self.method: t.Any = None
-        self.uri: t.Any = None
-        self.path: t.Any = None
-        self.query: t.Any = None
-        self.fragment: t.Any = None
-        self.limit_request_line = settings.limit_request_line
-        self._fast_limit_request_line = settings.fast_limit_request_line
-        self.req_number = req_number
-        self.proxy_protocol_info = None
-        self._use_fast = True
-        self.cfg = settings.cfg
-        self.unreader = unreader
-        self.peer_addr = self.remote_addr = peer_addr
-        self.version: t.Any = None
+        # What Request.__init__ and Message.__init__ set before parsing,
+        # with fresh containers for what a request fills in.
+        self.__dict__.update(settings.request_fields)
         self.headers: list[tuple[str, str]] = []
         self.trailers: list[tuple[str, str]] = []
-        self.body = None
-        self.scheme = settings.scheme
-        self.must_close = False
-        self._expected_100_continue = False
-        self.limit_request_fields = settings.limit_request_fields
-        self.limit_request_field_size = settings.limit_request_field_size
-        self.max_buffer_headers = settings.max_buffer_headers
+        self.unreader = unreader
+        self.peer_addr = self.remote_addr = peer_addr
+        self.req_number = req_number
         self._trusted = trusted
         unreader.unread(self.parse(unreader))
         self.set_body_reader()
