@@ -367,6 +367,19 @@ def _interleaver_for(hub: t.Any) -> _Interleaver:
     return interleaver
 
 
+_Traced = t.TypeVar(
+    "_Traced", asyncio.Handle, asyncio.TimerHandle, "asyncio.Task[t.Any]"
+)
+
+
+def _without_own_frame(traced: _Traced) -> _Traced:
+    """Drop our override's frame from a debug-mode source traceback, so it
+    ends at the caller, as CPython's own scheduling methods leave it."""
+    if traced._source_traceback:
+        del traced._source_traceback[-1]
+    return traced
+
+
 class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined]
     """An asyncio event loop backed by the gevent hub of the current OS thread.
 
@@ -440,9 +453,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
         if self._closed or self._debug:
-            handle = super().call_soon(callback, *args, context=context)
-            if handle._source_traceback:
-                del handle._source_traceback[-1]  # this frame, as CPython does
+            handle = _without_own_frame(
+                super().call_soon(callback, *args, context=context)
+            )
         else:
             handle = _Handle(callback, args, self, context)
             self._ready.append(handle)
@@ -458,9 +471,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
         if self._closed or self._debug or when is None:
-            handle = super().call_at(when, callback, *args, context=context)
-            if handle._source_traceback:
-                del handle._source_traceback[-1]
+            handle = _without_own_frame(
+                super().call_at(when, callback, *args, context=context)
+            )
         else:
             handle = _TimerHandle(when, callback, args, self, context)
             _heappush(self._scheduled, handle)
@@ -480,10 +493,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
         if self._debug or delay is None:
-            handle = super().call_later(delay, callback, *args, context=context)
-            if handle._source_traceback:
-                del handle._source_traceback[-1]
-            return handle
+            return _without_own_frame(
+                super().call_later(delay, callback, *args, context=context)
+            )
         return self.call_at(self.time() + delay, callback, *args, context=context)
 
     def call_soon_threadsafe(
@@ -501,8 +513,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
         handle: asyncio.Handle = self._call_soon(callback, args, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
+        _without_own_frame(handle)
         if self._state == _PARKED:
             self._wake()
         return handle
@@ -1026,8 +1037,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
     ) -> asyncio.Task[t.Any]:
         if kwargs or self._task_factory is not None or self._closed or self._debug:
             task = super().create_task(coro, name=name, context=context, **kwargs)
-            if self._task_factory is None and task._source_traceback:
-                del task._source_traceback[-1]
+            if self._task_factory is None:
+                _without_own_frame(task)
         else:
             task = _Task(coro, loop=self, name=name, context=context)
         if self.retain_tasks:
