@@ -157,8 +157,11 @@ if sys.version_info < (3, 14):
             # Deprecated from 3.12; asyncio's own loop silences it the same way.
             warnings.simplefilter("ignore", DeprecationWarning)
             watcher = asyncio.get_child_watcher()
-        with watcher:
-            if not watcher.is_active():
+        # Asked as asyncio asks it: 3.11 asks what "with" gives, 3.12-3.13
+        # the watcher itself (CPython's tests mock the two apart).
+        with watcher as entered:
+            checked = entered if sys.version_info < (3, 12) else watcher
+            if not checked.is_active():
                 raise RuntimeError(
                     "asyncio.get_child_watcher() is not activated, "
                     "subprocess support is not installed."
