@@ -444,10 +444,10 @@ def test_async_template_context_processor():
 
     @app.route("/async")
     async def async_view():
-        # Rendering calls the processor through sync code: from a coroutine
-        # that sync code runs aside, as await_()'s error message says.
-        render = geventflask.sync_to_async(render_template_string)
-        return await render("hi {{ user }}")
+        # render_template() is sync: Flask runs the processor through
+        # async_to_sync, here from sync code inside the view's own task.
+        await asyncio.sleep(0)
+        return render_template_string("hi {{ user }}")
 
     client = app.test_client()
     assert client.get("/sync?user=ann").get_data() == b"hello ann"
@@ -566,22 +566,3 @@ def test_async_functions_made_per_request_are_not_kept_alive():
     gc.collect()
     assert [ref() for ref in made] == [None, None, None]
 
-
-def test_an_async_context_processor_renders_inside_an_async_view():
-    """render_template() is sync: Flask runs an async context processor
-    through async_to_sync, here from inside the view's own task."""
-    app = Flask(__name__)
-
-    @app.context_processor
-    async def current_user():
-        await asyncio.sleep(0)
-        return {"user": request.args["user"]}
-
-    @app.route("/")
-    async def view():
-        await asyncio.sleep(0)
-        return render_template_string("hello {{ user }}")
-
-    response = app.test_client().get("/?user=bob")
-    assert response.status_code == 200
-    assert response.get_data(as_text=True) == "hello bob"
