@@ -41,6 +41,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 import typing as t
 
@@ -49,7 +50,7 @@ from gevent import get_hub
 from gevent.monkey import get_original
 
 from . import _compat
-from .loop_greenlets import Member, tracker_for
+from .loop_greenlets import Member, register_thread, tracker_for, unregister_thread
 
 __all__ = ["HubEventLoop"]
 
@@ -777,13 +778,18 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         """
         tracker = self._tracker
         task_greenlets = self._task_greenlets
+        borrowed = me.__class__ is not _Runner  # await_()'s caller
         while isinstance(handle, _Handle):
             task = handle._callback.__self__
             failed = None
+            if borrowed:
+                register_thread(me, self._loop_thread)
             try:
                 handle._run()
             except BaseException as exc:  # noqa: B036 - SystemExit, KeyboardInterrupt
                 failed = _StepFailed(exc)
+            if borrowed:
+                unregister_thread(me)
             handle = None
             ending = False
             if task.done():
@@ -887,6 +893,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
     def _new_runner(self) -> _Runner:
         runner = self._runner = _Runner(self)
         self._members[runner] = Member(self, runner)
+        register_thread(runner, self._loop_thread)
         return runner
 
     def _start_task_here(
@@ -902,16 +909,20 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         blocks in gevent, the tracer hands that state back and forth. Called
         from a sync greenlet with no loop of its own running.
         """
+        if self._thread_id is None and not self._closed:
+            # A loop not running yet must not find a task half way through
+            # its first step: the loop hands this greenlet every step.
+            task = asyncio.Task(coro, loop=self, name=name, context=context)
+            self._task_greenlets[task] = _getcurrent()
+            return task
         if (
             self._debug
-            or self._thread_id is None
             or self._closed
             or self._hub.periodic_monitoring_thread is not None
         ):
-            # As usual, in a step greenlet of the loop: debug mode and
-            # gevent's stall monitor report a slow step by its task; a loop
-            # not running yet must not find a task half way through its
-            # first step; a closed one refuses the task.
+            # As usual, in the loop's runner: debug mode and gevent's stall
+            # monitor report a slow step by its task, which they find
+            # through the runner; a closed loop refuses the task.
             return asyncio.Task(coro, loop=self, name=name, context=context)
         # The task schedules its first step with call_soon(); take the step
         # instead, so it neither queues nor wakes the loop.
@@ -925,6 +936,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         me = _getcurrent()
         members = self._members
         members[me] = Member(self, me, True)
+        register_thread(me, self._loop_thread)
         self._activate()
         try:
             context.run(step, *args)
@@ -933,6 +945,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         except BaseException as exc:  # noqa: B036 - reported as Handle._run() does
             self._report_callback_error(step, args, context, exc)
         finally:
+            unregister_thread(me)
             member = members.pop(me)
             if member.installed:
                 self._deactivate()
@@ -971,6 +984,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         """*runner* is leaving: undo its state if it still holds any."""
         if self._runner is runner:
             self._runner = None
+        unregister_thread(runner)
         member = self._members.pop(runner, None)
         if member is not None and member.installed:
             _compat.swap_current_task(self, None)
@@ -1025,6 +1039,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._state = _RUNNING
         self._last_yield = _monotonic()
         self._tracker.start()
+        #: The thread (greenlet, once threading is patched) that runs the
+        #: loop: what code on the loop sees as threading.current_thread().
+        self._loop_thread = threading.current_thread()
         runner = self._new_runner()
         self._hub.loop.run_callback(runner.switch)
         interrupted: BaseException | None = None

@@ -8,7 +8,9 @@ loop run by asyncio.run().
 (b) code between two awaits is not interleaved with other tasks for a wait
     that does not wait (sleep(0), a zero timeout, a poll with timeout 0);
 (c) while any greenlet of the loop is blocked in gevent, the other tasks run
-    and sync greenlets see no running loop.
+    and sync greenlets see no running loop;
+(d) code on the loop sees one thread: that of the greenlet that runs the
+    loop (for a coroutine awaited with await_(), its caller's).
 
 ``spawn_sync`` below is the smallest version of SQLAlchemy's bridge: sync
 code runs in a child greenlet and hands awaitables to its parent, which
@@ -18,6 +20,7 @@ awaits them and switches the results back in.
 import asyncio
 import select
 import sys
+import threading
 import time
 
 import gevent
@@ -221,3 +224,52 @@ def test_many_tasks_that_keep_their_greenlet_do_not_deepen_the_stack():
 
     for results in run_both(main):
         assert results == [(n, 3) for n in range(600)]
+
+
+def test_code_on_the_loop_sees_the_thread_that_runs_it():
+    """anyio's portals check threading.current_thread(); stock asyncio's
+    loop code always sees the loop's thread, whatever blocked meanwhile."""
+
+    async def main():
+        me = threading.current_thread()
+        count = threading.active_count()
+        seen = []
+
+        async def blocker():
+            await asyncio.sleep(0)
+            time.sleep(0.05)  # the loop moves to another runner meanwhile
+            seen.append(threading.current_thread())
+
+        def in_a_child():
+            seen.append(threading.current_thread())
+            return await_in_child(asyncio.sleep(0, result="child"))
+
+        blocked = asyncio.create_task(blocker())
+        await asyncio.sleep(0.01)
+        seen.append(threading.current_thread())
+        asyncio.get_running_loop().call_soon(
+            lambda: seen.append(threading.current_thread())
+        )
+        await spawn_sync(in_a_child)
+        await blocked
+        seen.append(threading.current_thread())
+        return me, seen, threading.active_count() - count
+
+    def from_a_named_greenlet():
+        threading.current_thread().name = "loop-owner"
+        me, seen, grown = run_on_own_loop(main)
+        return me.name, [thread.name for thread in seen], grown
+
+    name, names, grown = gevent.spawn(from_a_named_greenlet).get(timeout=10)
+    assert name == "loop-owner"
+    assert names == ["loop-owner"] * 5
+    assert grown <= 0
+
+    # await_(): the coroutine's steps run in the caller's greenlet, which
+    # reports the shared loop's thread while it runs them, as the loop's
+    # other tasks do; outside of them it is itself again.
+    caller = threading.current_thread()
+    me, seen, grown = await_(main())
+    assert all(thread is me for thread in seen)
+    assert me is not caller and grown <= 0  # other greenlets may end meanwhile
+    assert threading.current_thread() is caller
