@@ -368,6 +368,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         #: The step greenlet the runner waits for (None: none, or it blocked
         #: and the loop went on without it).
         self._awaited: greenlet.greenlet | None = None
+        #: A greenlet running the loop's code while the runner is parked: a
+        #: caller of await_() running a first step, or a step that goes on
+        #: after it really blocked. Until it blocks again or is done, the
+        #: runner stays parked (see _left()).
+        self._holder: greenlet.greenlet | None = None
         #: Tasks whose steps must keep running in one greenlet: those awaited
         #: by await_() (their caller's greenlet) and those whose steps left
         #: child greenlets behind.
@@ -591,6 +596,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._hub.loop.run_callback(self._resume_cb)
 
     def _resume(self, *_: t.Any) -> None:
+        if self._holder is not None:
+            return  # the holder's release resumes the runner
         if self._state in (_WAKING, _YIELDING) and self._runner is not None:
             self._state = _WAKING
             self._runner.switch()
@@ -749,6 +756,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
 
     def _leave_quietly(self, me: greenlet.greenlet) -> None:
         """*me* stops running the loop's code of its own accord."""
+        self._release(me)
         member = self._members.pop(me, None)
         if member is not None and member.installed:
             member.installed = False
@@ -852,7 +860,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         has polled and run what was ready.
         """
         root = member.root
-        if root is self._awaited or (root is self._runner and self._state == _RUNNING):
+        if (
+            root is self._awaited
+            or root is self._holder
+            or (root is self._runner and self._state == _RUNNING)
+        ):
             self._handoff_seq += 1
             timer = self._handoff_timer
             if self._handoff_armed:
@@ -882,8 +894,36 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         if self._awaited is not None:
             self._awaited = None
             runner.switch(_STEP_BLOCKED)
+        elif self._holder is not None:
+            self._release(self._holder)
         elif self._state == _RUNNING:
             self._detach(runner)
+
+    def _entered(self, member: Member) -> None:
+        """*member*'s greenlet was switched into the loop's code from outside.
+
+        Called by the tracer. A step going on after it really blocked holds
+        the loop while the runner is parked, so that what it runs up to its
+        next await is not interleaved with the runner's tasks. (While the
+        runner waits for another step, it may interleave with that one: both
+        have really waited, as two threads would.)
+        """
+        root = member.root
+        if (
+            self._holder is None
+            and self._state != _RUNNING
+            and root is not self._runner
+        ):
+            self._holder = root
+
+    def _release(self, root: greenlet.greenlet) -> None:
+        """*root* no longer holds the loop: the runner may go on."""
+        if self._holder is root:
+            self._holder = None
+            if self._handoff_armed:
+                self._disarm_handoff()
+            if self._state in (_WAKING, _YIELDING):
+                self._hub.loop.run_callback(self._resume_cb)
 
     def _detach(self, runner: _Runner) -> None:
         """*runner* blocked in a callback: leave it to gevent, go on without it."""
@@ -909,9 +949,15 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         blocks in gevent, the tracer hands that state back and forth. Called
         from a sync greenlet with no loop of its own running.
         """
-        if self._thread_id is None and not self._closed:
+        if not self._closed and (
+            self._thread_id is None
+            or self._holder is not None
+            or self._state == _RUNNING
+        ):
             # A loop not running yet must not find a task half way through
-            # its first step: the loop hands this greenlet every step.
+            # its first step; a loop whose code runs elsewhere (a step that
+            # waits without really blocking) must not be run alongside. The
+            # loop hands this greenlet every step.
             task = asyncio.Task(coro, loop=self, name=name, context=context)
             self._task_greenlets[task] = _getcurrent()
             return task
@@ -937,6 +983,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         members = self._members
         members[me] = Member(self, me, True)
         register_thread(me, self._loop_thread)
+        self._holder = me
         self._activate()
         try:
             context.run(step, *args)
@@ -949,6 +996,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             member = members.pop(me)
             if member.installed:
                 self._deactivate()
+            self._release(me)
             if task.done():
                 self._tracker.drop_children(me)
             else:
@@ -984,6 +1032,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         """*runner* is leaving: undo its state if it still holds any."""
         if self._runner is runner:
             self._runner = None
+        self._release(runner)
         unregister_thread(runner)
         member = self._members.pop(runner, None)
         if member is not None and member.installed:

@@ -169,6 +169,7 @@ class Tracker:
                 _swap_current_task(loop, mt.task)
                 mt.task = None
                 mt.installed = True
+                loop._entered(mt)
         previous = self._previous
         if previous is not None:
             previous(event, args)

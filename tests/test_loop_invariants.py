@@ -176,6 +176,36 @@ def test_a_wait_that_does_not_wait_lets_no_other_task_in(pause):
         assert interleaved == []
 
 
+@pytest.mark.parametrize(
+    "pause",
+    [
+        pytest.param(lambda: gevent.sleep(0), id="gevent.sleep(0)"),
+        pytest.param(lambda: select.poll().poll(0), id="poll(0)"),
+    ],
+)
+def test_first_steps_run_by_many_callers_are_not_interleaved_either(pause):
+    """await_() runs a coroutine's first step in its caller's greenlet; what
+    that step runs up to its first await must not interleave with the
+    loop's tasks or with other callers' first steps."""
+    shared = []
+    interleaved = []
+
+    async def view(n):
+        for _ in range(5):
+            shared.append(n)
+            pause()
+            if shared[-1] != n:
+                interleaved.append(n)
+            shared.pop()
+            await asyncio.sleep(0)
+        return n
+
+    callers = [gevent.spawn(await_, view(n)) for n in range(30)]
+    gevent.joinall(callers, timeout=30)
+    assert [c.value for c in callers] == list(range(30))
+    assert interleaved == []
+
+
 def test_a_wait_that_does_wait_lets_the_others_run():
     async def main():
         order = []
