@@ -522,8 +522,11 @@ def otel_sync(rid):
 
 @app.route("/otel/spans/<trace_id>")
 async def otel_spans(trace_id):
-    """This worker's finished spans of *trace_id*, once there are ``expect``."""
+    """This worker's finished spans of *trace_id*, once there are ``expect``.
+    Asked for another worker's (``pid``), it answers at once with its pid."""
     expect = request.args.get("expect", 1, type=int)
+    if request.args.get("pid", os.getpid(), type=int) != os.getpid():
+        return {"pid": os.getpid(), "spans": []}
 
     def of_trace():
         return [s for s in spans_exported.get_finished_spans()
