@@ -216,12 +216,16 @@ def eco_server(live_server, tmp_path):
             "eco_app:app",
             worker_class="geventflask.GeventWorker",
             args=[
-                "--workers", "2",
-                "--pythonpath", str(APPS),
-                "--worker-connections", "1000",
+                "--workers",
+                "2",
+                "--pythonpath",
+                str(APPS),
+                "--worker-connections",
+                "1000",
                 # Short, so a test whose worker hangs fails fast; the drain
                 # test gives its own.
-                "--graceful-timeout", "5",
+                "--graceful-timeout",
+                "5",
                 *args,
             ],
             env=env,

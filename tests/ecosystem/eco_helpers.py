@@ -47,7 +47,8 @@ def describe_failures(responses, server=None, limit=3) -> str:
         if isinstance(r, Exception):
             shown.append(f"{type(r).__name__}: {r}")
         else:
-            shown.append(f"{r.status_code}: {r.text[:300]}")
+            body = r.text if "<html" not in r.text[:100] else "(Flask's error page)"
+            shown.append(f"{r.status_code}: {body[:300]}")
     account = f"{len(bad)} of {len(responses)} failed; e.g. {shown}"
     if server is not None:
         account += f"; server log: {logged_exceptions(server)}"

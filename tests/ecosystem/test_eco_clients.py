@@ -7,7 +7,14 @@ code between two ``await``s to run without other tasks interleaving.
 """
 
 import pytest
-from eco_helpers import describe_failures, error_records, fetch, fetch_all, ok, worker_pids
+from eco_helpers import (
+    describe_failures,
+    error_records,
+    fetch,
+    fetch_all,
+    ok,
+    worker_pids,
+)
 from upstream import wait_until
 
 pytestmark = pytest.mark.live_server

@@ -59,7 +59,9 @@ def test_sync_and_async_stacks_side_by_side(pg_database, redis_keys, eco_server)
     assert int(client.get(redis_keys.key("sync-hits"))) == 60
     assert client.smembers(redis_keys.key("sync-ids")) == {f"rs-{n}" for n in range(60)}
     assert int(client.get(redis_keys.key("async-hits"))) == 60
-    assert client.smembers(redis_keys.key("async-ids")) == {f"ra-{n}" for n in range(60)}
+    assert client.smembers(redis_keys.key("async-ids")) == {
+        f"ra-{n}" for n in range(60)
+    }
 
     # Sync views saw no running loop, while async views were in flight.
     sync_answers = [r.json() for r in responses[: 40 + 40 + 60]]

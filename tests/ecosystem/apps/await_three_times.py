@@ -41,7 +41,11 @@ for call in range(3):
         outcome = {"call": call, "ended": "returned", "value": caller.value}
     else:
         error = caller.exception
-        outcome = {"call": call, "ended": "raised", "error": f"{type(error).__name__}: {error}"}
+        outcome = {
+            "call": call,
+            "ended": "raised",
+            "error": f"{type(error).__name__}: {error}",
+        }
     print(json.dumps(outcome), flush=True)
 
 # A hung call leaves a task and a connection behind; leave without waiting.

@@ -62,7 +62,7 @@ def sqlalchemy_driver() -> str | None:
     return None
 
 
-# -- models ------------------------------------------------------------------
+# -- models -------------------------------------------------------------------
 
 if sqlalchemy_driver():
     from sqlalchemy import func, select, text
@@ -81,7 +81,7 @@ if sqlalchemy_driver():
         pid: Mapped[int]
 
 
-# -- sync connection pools (psycopg2, psycopg 3) --------------------------------
+# -- sync connection pools (psycopg2, psycopg 3) ------------------------------
 
 
 class GreenPool:
@@ -132,7 +132,7 @@ def _psycopg3_connect():
     return psycopg.connect(POSTGRES, autocommit=True)
 
 
-# -- OpenTelemetry ----------------------------------------------------------------
+# -- OpenTelemetry ------------------------------------------------------------
 
 if "otel" in USE:
     from opentelemetry import trace
@@ -149,7 +149,7 @@ if "otel" in USE:
     tracer = trace.get_tracer("geventflask.ecosystem")
 
 
-# -- lifecycle ---------------------------------------------------------------------
+# -- lifecycle ----------------------------------------------------------------
 
 
 @lifecycle.before_serving
@@ -212,7 +212,7 @@ async def close_clients():
     note("after")
 
 
-# -- plain -------------------------------------------------------------------------
+# -- plain --------------------------------------------------------------------
 
 
 @app.route("/")
@@ -225,12 +225,12 @@ def pid():
     return {"pid": os.getpid()}
 
 
-def blocked_here() -> bool:
-    """True while a run_sync callback of this worker is blocked in gevent."""
-    return any(MARKERS.glob(f"blocking-{os.getpid()}-*"))
+def blocks_here() -> set[str]:
+    """The run_sync callbacks of this worker blocked in gevent right now."""
+    return {path.name for path in MARKERS.glob(f"blocking-{os.getpid()}-*")}
 
 
-# -- SQLAlchemy asyncio -----------------------------------------------------------
+# -- SQLAlchemy asyncio -------------------------------------------------------
 
 
 @app.route("/sqla/item/<rid>")
@@ -269,13 +269,20 @@ async def sqla_run_sync_block(rid):
 
 @app.route("/probe/async/<rid>")
 async def probe_async(rid):
-    """Runs on the loop: a timer, then an ORM write and read."""
+    """Runs on the loop: a timer, then an ORM write and read.
+
+    ``inside_block`` is true when one run_sync callback of this worker was
+    blocked from before the probe's first await until after its last: the
+    loop served the whole probe during that block.
+    """
+    blocked_before = blocks_here()
     await asyncio.sleep(0.01)
     async with clients["session"]() as session:
         session.add(Item(request_id=rid, kind="probe", pid=os.getpid()))
         await session.commit()
         await session.scalar(select(func.count()).select_from(Item))
-    return {"pid": os.getpid(), "blocked_here": blocked_here()}
+    inside_block = bool(blocked_before & blocks_here())
+    return {"pid": os.getpid(), "inside_block": inside_block}
 
 
 @app.route("/probe/sync/<rid>")
@@ -297,7 +304,7 @@ def probe_sync(rid):
         "loop_seen": loop_seen,
         "answer": answer,
         "await_error": await_error,
-        "blocked_here": blocked_here(),
+        "blocked_here": bool(blocks_here()),
     }
 
 
@@ -342,7 +349,7 @@ async def sqla_slow(rid):
     return {"pid": os.getpid(), "timed_out": timed_out}
 
 
-# -- raw asyncpg, redis.asyncio --------------------------------------------------------
+# -- raw asyncpg, redis.asyncio -----------------------------------------------
 
 
 @app.route("/asyncpg/hit/<rid>")
@@ -372,7 +379,7 @@ async def redis_hit(rid):
     return {"pid": os.getpid(), "n": n}
 
 
-# -- HTTP clients ----------------------------------------------------------------------
+# -- HTTP clients -------------------------------------------------------------
 
 
 @app.route("/httpx/item/<int:number>")
@@ -394,20 +401,28 @@ async def httpx_fanout():
         return response.json()["item"]
 
     results = await asyncio.gather(*(one(k) for k in range(n)), return_exceptions=True)
-    errors = [f"{type(e).__name__}: {e}" for e in results if isinstance(e, BaseException)]
-    return {"pid": os.getpid(), "items": [r for r in results if isinstance(r, int)],
-            "errors": errors[:10], "error_count": len(errors)}
+    errors = [
+        f"{type(e).__name__}: {e}" for e in results if isinstance(e, BaseException)
+    ]
+    return {
+        "pid": os.getpid(),
+        "items": [r for r in results if isinstance(r, int)],
+        "errors": errors[:10],
+        "error_count": len(errors),
+    }
 
 
 @app.route("/aiohttp/item/<int:number>")
 async def aiohttp_item(number):
-    async with clients["aiohttp"].get(f"/item/{number}", params={"delay": "0.005"}) as r:
+    async with clients["aiohttp"].get(
+        f"/item/{number}", params={"delay": "0.005"}
+    ) as r:
         r.raise_for_status()
         item = await r.json()
     return {"pid": os.getpid(), "item": item["item"], "session": id(clients["aiohttp"])}
 
 
-# -- sync views ------------------------------------------------------------------------
+# -- sync views ---------------------------------------------------------------
 
 
 def _sync_sleep_row(pool_name, kind, rid):
@@ -458,12 +473,15 @@ def sync_redis(rid):
     return {"pid": os.getpid(), "n": n, "loop_seen": _loop_seen()}
 
 
-# -- OpenTelemetry -----------------------------------------------------------------------
+# -- OpenTelemetry ------------------------------------------------------------
 
 
 def _ids(span) -> dict:
     context = span.get_span_context()
-    return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
 
 
 @app.route("/otel/async/<rid>")
@@ -498,14 +516,20 @@ async def otel_async(rid):
         await task
         # The view's span is current again after every hop.
         current = trace.get_current_span() is view_span
-    return {**_ids(view_span), "pid": os.getpid(), "current_after": current,
-            "inner_trace": format(inner_trace, "032x")}
+    return {
+        **_ids(view_span),
+        "pid": os.getpid(),
+        "current_after": current,
+        "inner_trace": format(inner_trace, "032x"),
+    }
 
 
 @app.route("/otel/sync/<rid>")
 def otel_sync(rid):
     """sync view -> await_ -> task started inside it."""
-    with tracer.start_as_current_span("sync-view", attributes={"rid": rid}) as view_span:
+    with tracer.start_as_current_span(
+        "sync-view", attributes={"rid": rid}
+    ) as view_span:
 
         async def child():
             with tracer.start_as_current_span("task-in-await_"):
@@ -529,8 +553,11 @@ async def otel_spans(trace_id):
         return {"pid": os.getpid(), "spans": []}
 
     def of_trace():
-        return [s for s in spans_exported.get_finished_spans()
-                if format(s.context.trace_id, "032x") == trace_id]
+        return [
+            s
+            for s in spans_exported.get_finished_spans()
+            if format(s.context.trace_id, "032x") == trace_id
+        ]
 
     for _ in range(100):
         if len(of_trace()) >= expect:
@@ -549,7 +576,7 @@ async def otel_spans(trace_id):
     }
 
 
-# -- background tasks drained on SIGTERM -----------------------------------------------
+# -- background tasks drained on SIGTERM --------------------------------------
 
 
 @app.route("/bg/<writer>/<rid>")
@@ -563,7 +590,9 @@ async def background_write(writer, rid):
             async with clients["asyncpg"].acquire() as conn:
                 await conn.execute(
                     "INSERT INTO items (request_id, kind, pid) VALUES ($1, $2, $3)",
-                    rid, "bg-asyncpg", os.getpid(),
+                    rid,
+                    "bg-asyncpg",
+                    os.getpid(),
                 )
         else:
             async with clients["session"]() as session:
