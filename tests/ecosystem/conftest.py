@@ -16,7 +16,8 @@ import os
 import uuid
 
 import pytest
-from eco_helpers import APPS
+
+from .eco_helpers import APPS
 
 POSTGRES_URL = os.environ.get(
     "GEVENTFLASK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"

@@ -7,7 +7,9 @@ code between two ``await``s to run without other tasks interleaving.
 """
 
 import pytest
-from eco_helpers import (
+from upstream import wait_until
+
+from .eco_helpers import (
     describe_failures,
     error_records,
     fetch,
@@ -15,7 +17,6 @@ from eco_helpers import (
     ok,
     worker_pids,
 )
-from upstream import wait_until
 
 pytestmark = pytest.mark.live_server
 pytest_plugins = ["upstream"]  # the upstream fixture

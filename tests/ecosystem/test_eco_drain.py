@@ -9,8 +9,9 @@ a poisoned worker lost its accepted tasks and never ran ``after_serving``).
 import signal
 
 import pytest
-from eco_helpers import describe_failures, error_records, fetch_all, ok, worker_pids
 from upstream import wait_until
+
+from .eco_helpers import describe_failures, error_records, fetch_all, ok, worker_pids
 
 pytestmark = pytest.mark.live_server
 

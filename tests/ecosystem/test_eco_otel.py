@@ -10,8 +10,9 @@ import concurrent.futures
 
 import pytest
 import requests
-from eco_helpers import CLIENT_TIMEOUT, describe_failures, error_records, fetch_all, ok
 from upstream import wait_until
+
+from .eco_helpers import CLIENT_TIMEOUT, describe_failures, error_records, fetch_all, ok
 
 pytestmark = pytest.mark.live_server
 

@@ -14,7 +14,9 @@ import subprocess
 import sys
 
 import pytest
-from eco_helpers import (
+from upstream import wait_until
+
+from .eco_helpers import (
     APPS,
     describe_failures,
     error_records,
@@ -23,7 +25,6 @@ from eco_helpers import (
     ok,
     worker_pids,
 )
-from upstream import wait_until
 
 pytestmark = pytest.mark.live_server
 

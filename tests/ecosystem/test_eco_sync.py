@@ -8,8 +8,9 @@ served at once by that worker's greenlets.
 """
 
 import pytest
-from eco_helpers import describe_failures, error_records, fetch_all, ok, worker_pids
 from upstream import wait_until
+
+from .eco_helpers import describe_failures, error_records, fetch_all, ok, worker_pids
 
 pytestmark = pytest.mark.live_server
 
