@@ -21,6 +21,11 @@ from .eco_helpers import (
 pytestmark = pytest.mark.live_server
 pytest_plugins = ["upstream"]  # the upstream fixture
 
+# For requests that queue behind hundreds of others for a 50-connection pool
+# (the whole batch takes seconds on two cores): long enough that only a hang
+# reaches it.
+THROUGHPUT_TIMEOUT = 60
+
 
 def both_workers_serving(server):
     wait_until(
@@ -69,7 +74,9 @@ def test_httpx_at_300_concurrent_requests_without_error(upstream, eco_server):
     before = upstream.stats()["served"]
     # 600 requests, 300 at a time, each one GET through a 50-connection pool.
     responses = fetch_all(
-        (f"{server.url}/httpx/item/{n}" for n in range(600)), concurrency=300
+        (f"{server.url}/httpx/item/{n}" for n in range(600)),
+        concurrency=300,
+        timeout=THROUGHPUT_TIMEOUT,
     )
     assert all(ok(r) for r in responses), describe_failures(responses, server)
     assert [r.json()["item"] for r in responses] == list(range(600))
@@ -82,8 +89,10 @@ def test_httpx_fanout_of_300_from_one_view_without_error(upstream, eco_server):
     server = eco_server(["httpx"], upstream=upstream)
     both_workers_serving(server)
     before = upstream.stats()["served"]
-    # Two views at once, each 300 GETs through one 50-connection pool.
-    answers = fetch_all([f"{server.url}/httpx/fanout?n=300"] * 2)
+    # Two views at once, each 300 GETs at once through one 50-connection pool.
+    answers = fetch_all(
+        [f"{server.url}/httpx/fanout?n=300"] * 2, timeout=THROUGHPUT_TIMEOUT
+    )
     assert all(ok(r) for r in answers), describe_failures(answers, server)
     for answer in answers:
         body = answer.json()
