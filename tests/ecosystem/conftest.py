@@ -80,7 +80,8 @@ class Services:
             try:
                 probe()
             except Exception as exc:  # any failure to talk to it is "unreachable"
-                self._problems[name] = f"{type(exc).__name__}: {exc}".strip()
+                first_line = (str(exc).strip().splitlines() or [""])[0]
+                self._problems[name] = f"{type(exc).__name__}: {first_line}"
             else:
                 self._problems[name] = None
         problem = self._problems[name]
