@@ -97,10 +97,6 @@ _INFINITY = float("inf")
 _STEP_DONE = object()
 _STEP_BLOCKED = object()
 
-#: Idle step greenlets a loop keeps. A new greenlet costs about 10 µs (its
-#: first switch and its end), resuming an idle one under 1 µs; a busy loop
-#: needs one per step blocked in gevent at the same time.
-MAX_IDLE_STEPPERS = 64
 
 #: With ``retain_tasks``: the longest time, in seconds, between a retained
 #: task's failure and its log record (see :meth:`HubEventLoop._sweep`).
@@ -270,10 +266,8 @@ class _KeyMap(collections.abc.Mapping):  # type: ignore[type-arg]
 
 
 class _Runner(greenlet.greenlet):  # type: ignore[misc]
-    """A greenlet that runs a loop's callbacks until it blocks or the loop stops.
-
-    Task steps do not run here but in a greenlet of their own (see
-    :class:`_Stepper`); the runner waits for each step.
+    """A greenlet that runs a loop's callbacks and task steps until one of
+    them blocks in gevent or leaves child greenlets behind, or the loop stops.
     """
 
     def __init__(self, loop: HubEventLoop) -> None:
@@ -293,24 +287,6 @@ class _Runner(greenlet.greenlet):  # type: ignore[misc]
             loop._fail(self, exc)
         finally:
             loop._retire(self)
-
-
-class _Stepper(greenlet.greenlet):  # type: ignore[misc]
-    """A greenlet that runs task steps the loop hands it, one at a time.
-
-    While it runs a step nothing else of the loop runs; if the step blocks
-    in gevent, the loop goes on without it (see :meth:`HubEventLoop._left`).
-    Between steps it waits, idle, to be handed the next one; a task whose
-    step left child greenlets behind keeps its stepper, so that they can
-    switch back to it.
-    """
-
-    def __init__(self, loop: HubEventLoop) -> None:
-        super().__init__(None, parent=loop._hub)
-        # The only frame this greenlet runs, so no frame of ours keeps a
-        # finished step (and its task) alive. A GreenletExit thrown at an
-        # idle stepper (collected with its loop) simply ends it.
-        self.run = functools.partial(loop._run_steps, self)
 
 
 class _StepFailed:
@@ -395,7 +371,6 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         #: by await_() (their caller's greenlet) and those whose steps left
         #: child greenlets behind.
         self._task_greenlets: dict[asyncio.Task[t.Any], greenlet.greenlet] = {}
-        self._idle_steppers: list[_Stepper] = []
         # A zero timer: it fires once the hub has polled, so a wait that is
         # over within one pass of the hub (sleep(0), a zero timeout) never
         # hands the loop on. See _left().
@@ -685,7 +660,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         while found:
             handle = found.pop()
             if not handle._cancelled:
-                self._run_handle(handle)
+                self._run_handle(handle, me)
             if self._runner is not me:
                 ready.extend(reversed(found))
                 return
@@ -723,45 +698,83 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             self._state = _WAKING
             self._resume()
 
-    # -- task steps: each in a greenlet the task can come back to -------------
+    # -- task steps: in a greenlet the task can come back to -----------------
     #
-    # Every step of a task runs in a greenlet of its own, never in the
-    # runner: a step that blocks in gevent then blocks only that greenlet,
-    # and child greenlets a step starts (SQLAlchemy runs a driver's sync code
-    # in one) can always switch back to the greenlet that runs the task's
-    # later steps, because it is the same one.
+    # A step runs in the runner, like any callback, unless its task has a
+    # greenlet of its own: the greenlet that called await_() and waits for
+    # it, or a former runner. A step that starts child greenlets which
+    # outlive it (SQLAlchemy runs a driver's sync code in one, and resumes
+    # it from the task's later steps) ties its task to the greenlet it ran
+    # in: the child switches back to that greenlet, its parent. So the
+    # runner then becomes the task's own greenlet, and a new runner takes
+    # the loop on. A task's steps therefore always run where its children
+    # can come back.
 
-    def _run_handle(self, handle: asyncio.Handle) -> None:
-        """Run *handle* in the runner, or its task's step in a step greenlet."""
+    def _run_handle(self, handle: asyncio.Handle, me: greenlet.greenlet) -> None:
+        """Run *handle*, a callback or a task step, from runner *me*."""
         owner = getattr(handle._callback, "__self__", None)
         if owner is not None and isinstance(owner, _Task):
-            self._dispatch_step(handle, owner)
+            self._run_task_step(handle, owner, me)
         else:
             handle._run()
 
-    def _dispatch_step(self, handle: asyncio.Handle, task: asyncio.Task[t.Any]) -> None:
-        """Hand the step to its greenlet and wait until it is over or blocked."""
-        stepper = self._task_greenlets.get(task)
-        if stepper is None:
-            idle = self._idle_steppers
-            stepper = idle.pop() if idle else _Stepper(self)
-        self._members[stepper] = Member(self, stepper)
-        self._awaited = stepper
-        outcome = stepper.switch(handle)
+    def _run_task_step(
+        self, handle: asyncio.Handle, task: asyncio.Task[t.Any], me: greenlet.greenlet
+    ) -> None:
+        home = self._task_greenlets.get(task)
+        if home is not None:
+            self._dispatch_step(handle, home)
+            return
+        handle._run()
+        if me in self._tracker.children:
+            if task.done():
+                self._tracker.drop_children(me)
+            else:
+                self._dedicate(me, task)
+
+    def _dedicate(self, me: greenlet.greenlet, task: asyncio.Task[t.Any]) -> None:
+        """Runner *me* ran a step of *task* that left child greenlets behind:
+        *me* runs the task's later steps from now on (see :meth:`_run_steps`),
+        and ends with the task."""
+        self._task_greenlets[task] = me
+        del task
+        if self._runner is me:
+            received = self._new_runner().switch()
+        else:
+            # The step blocked, and the loop went on meanwhile.
+            self._leave_quietly(me)
+            received = _greenlet_switch(self._hub)
+        self._run_steps(me, received)
+
+    def _leave_quietly(self, me: greenlet.greenlet) -> None:
+        """*me* stops running the loop's code of its own accord."""
+        member = self._members.pop(me, None)
+        if member is not None and member.installed:
+            member.installed = False
+            _compat.swap_current_task(self, None)
+            self._deactivate()
+
+    def _dispatch_step(self, handle: asyncio.Handle, home: greenlet.greenlet) -> None:
+        """Hand the step to its task's greenlet and wait until the step is
+        over or blocked."""
+        self._members[home] = Member(self, home)
+        self._awaited = home
+        outcome = home.switch(handle)
         if outcome is _STEP_DONE:
-            del self._members[stepper]
+            self._members.pop(home, None)
         elif outcome.__class__ is _StepFailed:
-            del self._members[stepper]
+            self._members.pop(home, None)
             raise outcome.exc
 
     def _run_steps(self, me: greenlet.greenlet, handle: t.Any) -> t.Any:
-        """Run the steps handed to *me*, a step greenlet, one at a time;
-        return the first thing handed to it that is not a step (a wake-up).
+        """Run the steps handed to *me*, its task's own greenlet, one at a
+        time; return the first thing handed to it that is not a step (a
+        wake-up), or None once the task is done and *me* is a former runner,
+        which then ends.
 
         One frame for all of it: no frame of ours may keep a finished step,
         and so its task, alive while *me* waits for the next one.
         """
-        members = self._members
         tracker = self._tracker
         task_greenlets = self._task_greenlets
         while isinstance(handle, _Handle):
@@ -772,31 +785,21 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             except BaseException as exc:  # noqa: B036 - SystemExit, KeyboardInterrupt
                 failed = _StepFailed(exc)
             handle = None
+            ending = False
             if task.done():
                 if task_greenlets.get(task) is me:
                     del task_greenlets[task]
                 tracker.drop_children(me)
-            elif me in tracker.children:
-                task_greenlets[task] = me
-            pooled = me.__class__ is _Stepper and task_greenlets.get(task) is not me
+                ending = me.__class__ is _Runner
             del task
-            if pooled and len(self._idle_steppers) < MAX_IDLE_STEPPERS:
-                self._idle_steppers.append(me)  # type: ignore[arg-type]
-                pooled = False  # kept: it waits for the next step
-            if self._awaited is me and not pooled:
+            if self._awaited is me and not ending:
                 # The runner still waits for this step: back to it.
                 self._awaited = None
                 if self._handoff_armed:
                     self._disarm_handoff()
                 handle = self._runner.switch(failed or _STEP_DONE)
                 continue
-            # Leave the loop's code quietly: the loop went on while the step
-            # was blocked, or this greenlet ends (no room in the pool).
-            member = members.pop(me, None)
-            if member is not None and member.installed:
-                member.installed = False
-                _compat.swap_current_task(self, None)
-                self._deactivate()
+            self._leave_quietly(me)
             if self._awaited is me:
                 # Ending: the hub resumes the runner, which waits for the step.
                 self._awaited = None
@@ -804,9 +807,10 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                     self._disarm_handoff()
                 self._hub.loop.run_callback(self._runner.switch, failed or _STEP_DONE)
                 return None
+            # The loop went on while the step was blocked.
             if failed is not None:
                 self._fail(None, failed.exc)
-            if pooled:
+            if ending:
                 return None
             handle = _greenlet_switch(self._hub)
         return handle
@@ -1116,7 +1120,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                 try:
                     self._current_handle = handle
                     started = self.time()
-                    self._run_handle(handle)
+                    self._run_handle(handle, me)
                     took = self.time() - started
                     # A callback that blocked in gevent was detached and
                     # waited cooperatively: the loop ran on without it, so
@@ -1133,7 +1137,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             else:
                 owner = getattr(handle._callback, "__self__", None)
                 if owner is not None and isinstance(owner, _Task):
-                    self._dispatch_step(handle, owner)
+                    self._run_task_step(handle, owner, me)
                 else:
                     handle._run()
             if self._runner is not me:
@@ -1185,25 +1189,40 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         return self._retained
 
     def _sweep(self) -> None:
-        """Let go of the retained tasks that are done, logging the failed ones.
+        """Let go of the retained tasks that are done.
 
         A done callback per task would cost a scheduled callback (a handle and
         a pass through the ready queue) for every task. Instead the set is
         swept whenever it has doubled since the last sweep (so each task costs
         a constant share of a sweep), and every :data:`SWEEP_INTERVAL`
-        seconds while it holds tasks, so a failure is logged even when no
+        seconds while it holds tasks, so a failure is reported even when no
         new task comes.
+
+        A failed task is not logged here: the program may hold it and
+        retrieve its exception later (``await task``, ``gather``). asyncio
+        reports the exception of a task nobody retrieved when the task is
+        freed, which for a task only this set held is right now; see
+        :meth:`default_exception_handler`.
         """
         retained = self._retained
         finished = [task for task in retained if task.done()]
         retained.difference_update(finished)
         self._sweep_at = max(SWEEP_MIN, 2 * len(retained))
-        for task in finished:
-            if task.cancelled():
-                continue
-            exc = task.exception()
-            if exc is not None:
-                logger.error("Background task %s failed", task.get_name(), exc_info=exc)
+
+    def default_exception_handler(self, context: dict[str, t.Any]) -> None:
+        """asyncio's handler, except that a task whose exception nobody
+        retrieved is logged as a failed background task, through the
+        ``geventflask`` logger."""
+        task = context.get("future")
+        exc = context.get("exception")
+        if (
+            isinstance(task, asyncio.Task)
+            and exc is not None
+            and context.get("message") == "Task exception was never retrieved"
+        ):
+            logger.error("Background task %s failed", task.get_name(), exc_info=exc)
+            return
+        super().default_exception_handler(context)
 
     def _sweep_tick(self) -> None:
         self._sweep_timer = None
