@@ -13,7 +13,7 @@ APPS = Path(__file__).resolve().parent / "apps"
 
 
 # A failing server must fail the test within this, not hang it.
-CLIENT_TIMEOUT = 10
+CLIENT_TIMEOUT = 30
 
 
 def fetch(url, **kwargs):
