@@ -50,7 +50,13 @@ from gevent import get_hub
 from gevent.monkey import get_original
 
 from . import _compat
-from .loop_greenlets import Member, register_thread, tracker_for, unregister_thread
+from .loop_greenlets import (
+    Member,
+    file_under_ident,
+    register_thread,
+    tracker_for,
+    unregister_thread,
+)
 
 __all__ = ["HubEventLoop"]
 
@@ -931,9 +937,13 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._hub.loop.run_callback(successor.switch)
 
     def _new_runner(self) -> _Runner:
+        previous = self._runner
+        if previous is not None:
+            file_under_ident(previous, None)
         runner = self._runner = _Runner(self)
         self._members[runner] = Member(self, runner)
         register_thread(runner, self._loop_thread)
+        file_under_ident(runner, self._loop_thread)
         return runner
 
     def _start_task_here(

@@ -209,6 +209,32 @@ def register_thread(runner: greenlet.greenlet, thread: t.Any) -> None:
 
 def unregister_thread(runner: greenlet.greenlet) -> None:
     _thread_of.pop(runner, None)
+    file_under_ident(runner, None)
+
+
+def file_under_ident(runner: greenlet.greenlet, thread: t.Any) -> None:
+    """File *thread* under *runner*'s ident in ``threading._active`` (None:
+    take out what was filed), where the original ``current_thread`` looks,
+    for code that imported it by name (``from threading import
+    current_thread``) before the loop ran. Only the loop's current runner
+    is filed, so ``threading.active_count()`` counts the loop's thread once.
+    """
+    if _threading_current_thread is None:
+        return
+    import threading
+
+    active = threading._active  # type: ignore[attr-defined]
+    if thread is not None:
+        _filed[runner] = thread
+        active[id(runner)] = thread
+    else:
+        filed = _filed.pop(runner, None)
+        if filed is not None and active.get(id(runner)) is filed:
+            del active[id(runner)]
+
+
+#: Runner -> the thread filed under its ident (see file_under_ident()).
+_filed: dict[greenlet.greenlet, t.Any] = {}
 
 
 def _report_loop_threads() -> None:
