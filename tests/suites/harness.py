@@ -55,7 +55,7 @@ ROOT = HERE.parent.parent
 HANG_LIMIT = 15.0
 #: Seconds without a line of progress after which a run is killed; the
 #: test it was in is recorded as hung and the run goes on without it.
-STALL_LIMIT = 2 * HANG_LIMIT + 20
+STALL_LIMIT = HANG_LIMIT + 25
 #: Times a run is restarted after a hang or a crash before giving up.
 MAX_RESTARTS = 8
 
@@ -161,9 +161,7 @@ def _log(message: str) -> None:
 def _requirements() -> list[str]:
     # gevent and greenlet are the ones this checkout is tested with; the
     # libraries are pinned so the known failures stay meaningful.
-    here = {
-        name: importlib.metadata.version(name) for name in ("gevent", "greenlet")
-    }
+    here = {name: importlib.metadata.version(name) for name in ("gevent", "greenlet")}
     return [
         f"gevent=={here['gevent']}",
         f"greenlet=={here['greenlet']}",
@@ -219,8 +217,14 @@ def ensure_source(suite: Suite, python: Path) -> Path:
     if found is None:
         _log(f"downloading the {suite.source_name} sdist")
         _pip(
-            python, "download", "--no-deps", "--no-binary", ":all:",
-            "--dest", str(sdists), f"{suite.dist}=={suite.version}",
+            python,
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(sdists),
+            f"{suite.dist}=={suite.version}",
         )
         found = _find_sdist(sdists, suite)
         if found is None:
@@ -250,7 +254,7 @@ def _find_sdist(folder: Path, suite: Suite) -> Path | None:
 
 
 def postgres_target() -> dict[str, t.Any]:
-    """Host, port and user of the server from ``GEVENTFLASK_PG_DSN``; checks it answers."""
+    """The server ``GEVENTFLASK_PG_DSN`` names, once it answers on its port."""
     dsn = os.environ.get(
         "GEVENTFLASK_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
@@ -304,7 +308,9 @@ asyncio.run(main())
 def _scratch_db(python: Path, target: dict[str, t.Any], action: str, name: str) -> None:
     proc = subprocess.run(
         [str(python), "-c", _PG_SCRIPT, json.dumps(target), action, name],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if proc.returncode != 0:
         raise Unavailable(f"could not {action} database {name}:\n{proc.stderr[-1500:]}")
@@ -362,8 +368,15 @@ def _killpg(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_suite(
-    suite: Suite, loop: str, python: Path, src: Path, *, full: bool, db: str = "",
-    target: dict[str, t.Any] | None = None, deadline: float = 900.0,
+    suite: Suite,
+    loop: str,
+    python: Path,
+    src: Path,
+    *,
+    full: bool,
+    db: str = "",
+    target: dict[str, t.Any] | None = None,
+    deadline: float = 900.0,
 ) -> Run:
     """Run *suite* on *loop* (``hub`` or ``stock``); restart past hangs."""
     runs_dir = _cache_dir() / "runs"
@@ -379,11 +392,16 @@ def run_suite(
     if full:
         args = [a for a in args if not a.startswith("--ignore=")]
     cmd = [
-        str(python), str(HERE / "launch.py"), *COMMON_ARGS,
-        *EXTRA_ARGS.get(suite.dist, []), *args, *paths,
+        str(python),
+        str(HERE / "launch.py"),
+        *COMMON_ARGS,
+        *EXTRA_ARGS.get(suite.dist, []),
+        *args,
+        *paths,
     ]
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("PYTEST_", "GEVENTFLASK_SUITE_")) and k != "PYTHONPATH"
     }
     env.update(
@@ -402,8 +420,13 @@ def run_suite(
             log.write(f"\n$ {' '.join(cmd)}\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                cmd, cwd=src, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                cmd,
+                cwd=src,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
             last_size, last_change, stalled = -1, time.monotonic(), False
             while proc.poll() is None:
@@ -438,8 +461,10 @@ def run_suite(
             record = run.tests.get(normalize(in_test))
             if record is None or record["outcome"] in ("passed", "unknown"):
                 run.tests[normalize(in_test)] = {
-                    "nodeid": in_test, "outcome": "hung" if stalled else "error",
-                    "loops": [loop], "duration": 0.0,
+                    "nodeid": in_test,
+                    "outcome": "hung" if stalled else "error",
+                    "loops": [loop],
+                    "duration": 0.0,
                     "message": f"{how}; see {log_path}",
                 }
             skipped_ids.append(in_test)
@@ -480,6 +505,19 @@ def _unfinished(records: list[dict[str, t.Any]]) -> str | None:
     return current
 
 
+def gist(message: str) -> str:
+    """The line of a failure report that says what went wrong."""
+    lines = [line.strip().lstrip("|").strip() for line in message.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("+---")]
+    for line in lines:
+        if line.startswith("E "):
+            return line[1:].strip()
+    for line in lines:
+        if re.match(r"[\w.]*(Error|Exception|Exit|Failed)\b", line):
+            return line
+    return lines[-1] if lines else ""
+
+
 # -- both loops, and the comparison --------------------------------------------
 
 
@@ -502,8 +540,7 @@ class Comparison:
                 if "hub" not in ours["loops"] and ours["outcome"] == "passed":
                     failing[test_id] = "passed without running on HubEventLoop"
             else:
-                last = (ours["message"] or "").strip().splitlines()
-                failing[test_id] = f"{ours['outcome']}: {last[-1] if last else ''}"
+                failing[test_id] = f"{ours['outcome']}: {gist(ours['message'])}"
         return failing
 
     def only_stock(self) -> dict[str, str]:
@@ -511,8 +548,15 @@ class Comparison:
         better = {}
         for test_id, ours in self.hub.counted().items():
             stock = self.stock.tests.get(test_id)
-            if ours["outcome"] == "passed" and stock and stock["outcome"] in (
-                "failed", "error", "hung",
+            if (
+                ours["outcome"] == "passed"
+                and stock
+                and stock["outcome"]
+                in (
+                    "failed",
+                    "error",
+                    "hung",
+                )
             ):
                 better[test_id] = stock["outcome"]
         return better
@@ -526,12 +570,8 @@ class Comparison:
         for outcome in (*OUTCOMES, "no loop"):
             if hub[outcome] or stock[outcome]:
                 rows.append(f"{outcome:<22}{hub[outcome]:>14}{stock[outcome]:>15}")
-        rows.append(
-            f"{'pass on stock only':<22}{len(self.only_ours()):>14}{'':>15}"
-        )
-        rows.append(
-            f"{'pass on ours only':<22}{'':>14}{len(self.only_stock()):>15}"
-        )
+        rows.append(f"{'pass on stock only':<22}{len(self.only_ours()):>14}{'':>15}")
+        rows.append(f"{'pass on ours only':<22}{'':>14}{len(self.only_stock()):>15}")
         rows.append(
             f"{'seconds':<22}{self.hub.seconds:>14.0f}{self.stock.seconds:>15.0f}"
         )
@@ -562,14 +602,21 @@ def compare(name: str, *, full: bool = False) -> Comparison:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             futures = {
                 loop: pool.submit(
-                    run_suite, suite, loop, python, src, full=full,
-                    db=dbs.get(loop, ""), target=target, deadline=budget,
+                    run_suite,
+                    suite,
+                    loop,
+                    python,
+                    src,
+                    full=full,
+                    db=dbs.get(loop, ""),
+                    target=target,
+                    deadline=budget,
                 )
                 for loop in ("hub", "stock")
             }
             runs = {loop: future.result() for loop, future in futures.items()}
     finally:
-        for loop, db in dbs.items():
+        for db in dbs.values():
             try:
                 _scratch_db(python, target, "drop", db)  # type: ignore[arg-type]
             except Unavailable as exc:
