@@ -12,7 +12,7 @@ setup(
     license="MIT",
     packages=find_packages(include=["geventflask", "geventflask.*"]),
     package_data={"geventflask": ["py.typed"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=[
         "flask>=2.2",
         "gevent>=24.10.1",
@@ -58,10 +58,10 @@ setup(
     classifiers=[
         "Framework :: Flask",
         "Programming Language :: Python :: 3",
-        "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
         "Programming Language :: Python :: 3.13",
         "Programming Language :: Python :: 3.14",
+        "Programming Language :: Python :: 3.15",
     ],
 )

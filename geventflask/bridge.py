@@ -50,10 +50,10 @@ class AwaitInLoopError(RuntimeError):
     """
 
     _FIXES = {
-        "on the event loop's own greenlet": (
-            "In a coroutine, use 'await' instead; for sync code called from a"
-            " coroutine, wrap it with geventflask.sync_to_async() and await"
-            " that."
+        "inside another event loop": (
+            "Only the hub loop (geventflask.get_loop(), HubEventLoop) can"
+            " serve other tasks while sync code waits; in a coroutine, use"
+            " 'await' instead."
         ),
         "from the gevent hub": (
             "Call it from a greenlet instead: move the code into a function"
@@ -107,9 +107,14 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
 
     .. versionadded:: 0.1
     """
-    if _get_running_loop() is not None:
+    running = _get_running_loop()
+    if running is not None:
+        if isinstance(running, HubEventLoop):
+            # Sync code called from a task or callback of the hub loop: park
+            # this greenlet (and so its task) until the awaitable is done.
+            return _await_inside(running, awaitable, name)
         _close_if_coroutine(awaitable)
-        raise AwaitInLoopError("on the event loop's own greenlet")
+        raise AwaitInLoopError("inside another event loop")
     if _thread_homes:
         home = _thread_homes.get(_real_get_ident())
         if home is not None:
@@ -134,10 +139,30 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
     task = loop._start_task_here(_settle_into(outcome, awaitable), name, context)
     if not task.done():
         outcome.expect()
-        outcome.wait(task)
+        # This greenlet runs the task's later steps too, so child greenlets
+        # of its steps (SQLAlchemy's) can always switch back to it.
+        loop._serve_steps(task, outcome)
     if outcome.error is None:
         copy_back(context)
         return outcome.value  # type: ignore[no-any-return]
+    return _deliver_outcome(outcome, context)  # type: ignore[no-any-return]
+
+
+def _await_inside(
+    loop: HubEventLoop, awaitable: t.Awaitable[T], name: str | None
+) -> T:
+    """await_() from sync code that runs on *loop* (a task's step, or a child
+    greenlet of one): run the awaitable as a task of its own, and wait for it
+    the way a step waits for gevent, while the loop serves the others."""
+    if type(awaitable) is not _CoroutineType:
+        _check_awaitable(awaitable, loop)
+    context = _copy_context()
+    outcome = _Outcome(loop._hub)
+    task = asyncio.Task(
+        _settle_into(outcome, awaitable), loop=loop, name=name, context=context
+    )
+    outcome.expect()
+    outcome.wait(task)
     return _deliver_outcome(outcome, context)  # type: ignore[no-any-return]
 
 

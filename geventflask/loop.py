@@ -49,6 +49,7 @@ from gevent import get_hub
 from gevent.monkey import get_original
 
 from . import _compat
+from .loop_greenlets import Member, tracker_for
 
 __all__ = ["HubEventLoop"]
 
@@ -90,6 +91,12 @@ _RUNNING, _PARKED, _YIELDING, _WAKING, _IDLE = range(5)
 
 _PENDING = object()
 _INFINITY = float("inf")
+
+# What a stepper tells the runner waiting for its step: the step is over
+# (_STEP_DONE), or it blocked in gevent and the loop goes on (_STEP_BLOCKED).
+_STEP_DONE = object()
+_STEP_BLOCKED = object()
+
 
 #: With ``retain_tasks``: the longest time, in seconds, between a retained
 #: task's failure and its log record (see :meth:`HubEventLoop._sweep`).
@@ -259,23 +266,16 @@ class _KeyMap(collections.abc.Mapping):  # type: ignore[type-arg]
 
 
 class _Runner(greenlet.greenlet):  # type: ignore[misc]
-    """A greenlet that runs a loop's callbacks until it blocks or the loop stops."""
+    """A greenlet that runs a loop's callbacks and task steps until one of
+    them blocks in gevent or leaves child greenlets behind, or the loop stops.
+    """
 
     def __init__(self, loop: HubEventLoop) -> None:
         super().__init__(self._run, parent=loop._hub)
         self.loop = loop
 
-    def switch_out(self) -> None:
-        # gevent's Hub.switch() calls this just before a greenlet blocks.
-        # Parking and yielding set their own state, so RUNNING here means a
-        # callback blocked in gevent: hand the loop to a fresh runner.
-        loop = self.loop
-        if loop._runner is self and loop._state == _RUNNING:
-            loop._detach(self)
-
     def _run(self) -> None:
         loop = self.loop
-        loop._activate()
         try:
             while loop._runner is self:
                 loop._run_once()
@@ -289,82 +289,13 @@ class _Runner(greenlet.greenlet):  # type: ignore[misc]
             loop._retire(self)
 
 
-class _Detached:
-    """What a blocked runner needs back when gevent resumes it."""
+class _StepFailed:
+    """A step raised SystemExit or KeyboardInterrupt: the runner raises it."""
 
-    __slots__ = ("loop", "task", "live")
+    __slots__ = ("exc",)
 
-    def __init__(
-        self,
-        loop: HubEventLoop,
-        task: asyncio.Task[t.Any] | None,
-        live: bool = False,
-    ) -> None:
-        self.loop = loop
-        self.task = task
-        self.live = live
-
-
-class _Interleaver:
-    """Restores asyncio's per-thread state for blocked runners of one hub.
-
-    A greenlet switch tracer is installed only while some runner is blocked
-    in gevent, so the common path (no callback blocks) pays nothing.
-    """
-
-    def __init__(self) -> None:
-        self.detached: dict[greenlet.greenlet, _Detached] = {}
-        self._previous: t.Any = None
-        self._installed = False
-        # One bound method for good, so greenlet.gettrace() can be checked
-        # against it by identity.
-        self._tracer = self._trace
-
-    def add(self, runner: greenlet.greenlet, record: _Detached) -> None:
-        self.detached[runner] = record
-        if self._installed and _gettrace() is None:
-            self._installed = False  # whoever was on top removed the chain
-        if not self._installed:
-            self._previous = _settrace(self._tracer)
-            self._installed = True
-
-    def remove(self, runner: greenlet.greenlet) -> None:
-        detached = self.detached
-        detached.pop(runner, None)
-        if not detached and self._installed:
-            if _gettrace() is self._tracer:
-                _settrace(self._previous)
-                self._installed = False
-                self._previous = None
-            # Otherwise another tracer (gevent's monitor, say) was installed
-            # on top and calls ours: stay in its chain, doing nothing while
-            # no runner is detached. Installing ours again on top of it would
-            # make the two call each other forever.
-
-    def _trace(self, event: str, args: t.Any) -> None:
-        if event in ("switch", "throw"):
-            origin, target = args
-            detached = self.detached
-            record = detached.get(origin)
-            if record is not None and record.live:
-                record.task = _compat.swap_current_task(record.loop, None)
-                record.loop._deactivate()
-                record.live = False
-            record = detached.get(target)
-            if record is not None and not record.live:
-                record.loop._activate()
-                _compat.swap_current_task(record.loop, record.task)
-                record.live = True
-        if self._previous is not None:
-            self._previous(event, args)
-
-
-def _interleaver_for(hub: t.Any) -> _Interleaver:
-    interleaver: _Interleaver | None = getattr(hub, "_geventflask_interleaver", None)
-    if interleaver is None:
-        interleaver = _Interleaver()
-        hub._geventflask_interleaver = interleaver
-    return interleaver
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 _Traced = t.TypeVar(
@@ -431,7 +362,21 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._signal_watchers: dict[int, t.Any] = {}
         self._yield_timer = self._hub.loop.timer(0.0)
-        self._interleaver = _interleaver_for(self._hub)
+        self._tracker = tracker_for(self._hub)
+        self._members = self._tracker.members
+        #: The step greenlet the runner waits for (None: none, or it blocked
+        #: and the loop went on without it).
+        self._awaited: greenlet.greenlet | None = None
+        #: Tasks whose steps must keep running in one greenlet: those awaited
+        #: by await_() (their caller's greenlet) and those whose steps left
+        #: child greenlets behind.
+        self._task_greenlets: dict[asyncio.Task[t.Any], greenlet.greenlet] = {}
+        # A zero timer: it fires once the hub has polled, so a wait that is
+        # over within one pass of the hub (sleep(0), a zero timeout) never
+        # hands the loop on. See _left().
+        self._handoff_timer = self._hub.loop.timer(0.0)
+        self._handoff_armed = 0
+        self._handoff_seq = 0
         self._taken_step: tuple[t.Callable[..., object], tuple[t.Any, ...]] | None
         self._taken_step = None
         self._take_step_cb = self._take_step
@@ -715,7 +660,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         while found:
             handle = found.pop()
             if not handle._cancelled:
-                handle._run()
+                self._run_handle(handle, me)
             if self._runner is not me:
                 ready.extend(reversed(found))
                 return
@@ -735,10 +680,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             timer = hub.loop.timer(min(timeout, 86400.0))
             timer.start(self._resume_from_timer, update=True)
         self._state = state
-        self._deactivate()
         try:
-            # Straight to the hub: Hub.switch() would first call our
-            # switch_out(), which has nothing to do for a parked runner.
+            # Straight to the hub: the tracer clears asyncio's state on the
+            # way out and gives it back when the hub resumes the runner.
             _greenlet_switch(hub)
         finally:
             if timer is not None:
@@ -747,7 +691,6 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             elif state == _YIELDING:
                 self._yield_timer.stop()
             self._state = _RUNNING
-            self._activate()
             self._last_yield = _monotonic()
 
     def _resume_from_timer(self) -> None:
@@ -755,14 +698,196 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             self._state = _WAKING
             self._resume()
 
+    # -- task steps: in a greenlet the task can come back to -----------------
+    #
+    # A step runs in the runner, like any callback, unless its task has a
+    # greenlet of its own: the greenlet that called await_() and waits for
+    # it, or a former runner. A step that starts child greenlets which
+    # outlive it (SQLAlchemy runs a driver's sync code in one, and resumes
+    # it from the task's later steps) ties its task to the greenlet it ran
+    # in: the child switches back to that greenlet, its parent. So the
+    # runner then becomes the task's own greenlet, and a new runner takes
+    # the loop on. A task's steps therefore always run where its children
+    # can come back.
+
+    def _run_handle(self, handle: asyncio.Handle, me: greenlet.greenlet) -> None:
+        """Run *handle*, a callback or a task step, from runner *me*."""
+        owner = getattr(handle._callback, "__self__", None)
+        if owner is not None and isinstance(owner, _Task):
+            self._run_task_step(handle, owner, me)
+        else:
+            handle._run()
+
+    def _run_task_step(
+        self, handle: asyncio.Handle, task: asyncio.Task[t.Any], me: greenlet.greenlet
+    ) -> None:
+        home = self._task_greenlets.get(task)
+        if home is not None:
+            self._dispatch_step(handle, home)
+            return
+        handle._run()
+        if me in self._tracker.children:
+            if task.done():
+                self._tracker.drop_children(me)
+            else:
+                self._dedicate(me, task)
+
+    def _dedicate(self, me: greenlet.greenlet, task: asyncio.Task[t.Any]) -> None:
+        """Runner *me* ran a step of *task* that left child greenlets behind:
+        *me* runs the task's later steps from now on (see :meth:`_run_steps`),
+        and ends with the task."""
+        self._task_greenlets[task] = me
+        del task
+        if self._runner is me:
+            received = self._new_runner().switch()
+        else:
+            # The step blocked, and the loop went on meanwhile.
+            self._leave_quietly(me)
+            received = _greenlet_switch(self._hub)
+        self._run_steps(me, received)
+
+    def _leave_quietly(self, me: greenlet.greenlet) -> None:
+        """*me* stops running the loop's code of its own accord."""
+        member = self._members.pop(me, None)
+        if member is not None and member.installed:
+            member.installed = False
+            _compat.swap_current_task(self, None)
+            self._deactivate()
+
+    def _dispatch_step(self, handle: asyncio.Handle, home: greenlet.greenlet) -> None:
+        """Hand the step to its task's greenlet and wait until the step is
+        over or blocked."""
+        self._members[home] = Member(self, home)
+        self._awaited = home
+        outcome = home.switch(handle)
+        if outcome is _STEP_DONE:
+            self._members.pop(home, None)
+        elif outcome.__class__ is _StepFailed:
+            self._members.pop(home, None)
+            raise outcome.exc
+
+    def _run_steps(self, me: greenlet.greenlet, handle: t.Any) -> t.Any:
+        """Run the steps handed to *me*, its task's own greenlet, one at a
+        time; return the first thing handed to it that is not a step (a
+        wake-up), or None once the task is done and *me* is a former runner,
+        which then ends.
+
+        One frame for all of it: no frame of ours may keep a finished step,
+        and so its task, alive while *me* waits for the next one.
+        """
+        tracker = self._tracker
+        task_greenlets = self._task_greenlets
+        while isinstance(handle, _Handle):
+            task = handle._callback.__self__
+            failed = None
+            try:
+                handle._run()
+            except BaseException as exc:  # noqa: B036 - SystemExit, KeyboardInterrupt
+                failed = _StepFailed(exc)
+            handle = None
+            ending = False
+            if task.done():
+                if task_greenlets.get(task) is me:
+                    del task_greenlets[task]
+                tracker.drop_children(me)
+                ending = me.__class__ is _Runner
+            del task
+            if self._awaited is me and not ending:
+                # The runner still waits for this step: back to it.
+                self._awaited = None
+                if self._handoff_armed:
+                    self._disarm_handoff()
+                handle = self._runner.switch(failed or _STEP_DONE)
+                continue
+            self._leave_quietly(me)
+            if self._awaited is me:
+                # Ending: the hub resumes the runner, which waits for the step.
+                self._awaited = None
+                if self._handoff_armed:
+                    self._disarm_handoff()
+                self._hub.loop.run_callback(self._runner.switch, failed or _STEP_DONE)
+                return None
+            # The loop went on while the step was blocked.
+            if failed is not None:
+                self._fail(None, failed.exc)
+            if ending:
+                return None
+            handle = _greenlet_switch(self._hub)
+        return handle
+
+    def _serve_steps(self, task: asyncio.Task[t.Any], waiter: t.Any) -> None:
+        """Run *task*'s later steps in this greenlet, which await_() started
+        it in, until *waiter* is woken (the task is done).
+
+        If this greenlet is killed or times out meanwhile, the task is
+        cancelled, and its remaining steps run in a greenlet of the loop's.
+        """
+        me = _getcurrent()
+        hub = self._hub
+        try:
+            while waiter.waiter is not None:
+                self._run_steps(me, hub.switch())
+        except BaseException:
+            waiter.waiter = None
+            if self._task_greenlets.get(task) is me:
+                del self._task_greenlets[task]
+            task.cancel()
+            raise
+
+    def _left(self, member: Member) -> None:
+        """*member*'s greenlet switched away from the loop's code.
+
+        For a step the runner waits for, or the runner inside a callback,
+        that is a block in gevent: the loop must go on without it, but not
+        at once. asyncio code counts on running undisturbed between two
+        awaits, and gevent switches to the hub even for waits that do not
+        wait (``sleep(0)``, a zero timeout, ``select.poll().poll(0)``). So
+        the loop goes on only if the greenlet is still blocked once the hub
+        has polled and run what was ready.
+        """
+        root = member.root
+        if root is self._awaited or (root is self._runner and self._state == _RUNNING):
+            self._handoff_seq += 1
+            timer = self._handoff_timer
+            if self._handoff_armed:
+                timer.stop()
+            timer.start(self._handoff_polled, self._handoff_seq)
+            self._handoff_armed = 1
+
+    def _disarm_handoff(self) -> None:
+        self._handoff_armed = 0
+        self._handoff_seq += 1
+        self._handoff_timer.stop()
+
+    def _handoff_polled(self, seq: int) -> None:
+        # Runs in the hub after a poll; what that poll made ready runs before
+        # the callback queued here.
+        self._hub.loop.run_callback(self._hand_off, seq)
+
+    def _hand_off(self, seq: int) -> None:
+        # Runs in the hub: nothing of the loop runs now, so a greenlet that
+        # was blocked at _left() and has not come back since still is.
+        if seq != self._handoff_seq:
+            return
+        self._handoff_armed = 0
+        runner = self._runner
+        if runner is None:
+            return
+        if self._awaited is not None:
+            self._awaited = None
+            runner.switch(_STEP_BLOCKED)
+        elif self._state == _RUNNING:
+            self._detach(runner)
+
     def _detach(self, runner: _Runner) -> None:
         """*runner* blocked in a callback: leave it to gevent, go on without it."""
-        record = _Detached(self, _compat.swap_current_task(self, None))
-        self._deactivate()
-        _interleaver_for(self._hub).add(runner, record)
-        successor = _Runner(self)
-        self._runner = successor
+        successor = self._new_runner()
         self._hub.loop.run_callback(successor.switch)
+
+    def _new_runner(self) -> _Runner:
+        runner = self._runner = _Runner(self)
+        self._members[runner] = Member(self, runner)
+        return runner
 
     def _start_task_here(
         self, coro: t.Any, name: str | None, context: contextvars.Context
@@ -771,10 +896,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
 
         A coroutine that finishes without suspending then costs no greenlet
         switch at all, where a step run by the loop costs a round trip
-        through the hub. Like a runner, the caller holds the loop's running
-        state only while it runs the step: if the step blocks in gevent, the
-        switch tracer hands that state back and forth, as for a blocked
-        runner. Called from a sync greenlet with no loop of its own running.
+        through the hub. The calling greenlet becomes the task's step
+        greenlet (see :meth:`_serve_steps`). Like a runner, it holds the
+        loop's running state only while it runs the step; if the step
+        blocks in gevent, the tracer hands that state back and forth. Called
+        from a sync greenlet with no loop of its own running.
         """
         if (
             self._debug
@@ -782,10 +908,10 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             or self._closed
             or self._hub.periodic_monitoring_thread is not None
         ):
-            # As usual, in a runner: debug mode and gevent's stall monitor
-            # report a slow step by its task, which they find through the
-            # runner; a loop not running yet must not find a task half way
-            # through its first step; a closed one refuses the task.
+            # As usual, in a step greenlet of the loop: debug mode and
+            # gevent's stall monitor report a slow step by its task; a loop
+            # not running yet must not find a task half way through its
+            # first step; a closed one refuses the task.
             return asyncio.Task(coro, loop=self, name=name, context=context)
         # The task schedules its first step with call_soon(); take the step
         # instead, so it neither queues nor wakes the loop.
@@ -797,12 +923,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         step, args = self._taken_step  # type: ignore[misc]
         self._taken_step = None
         me = _getcurrent()
-        interleaver = self._interleaver
-        interleaver.add(me, _Detached(self, None, True))
-        # What _activate() does, for a caller with no running loop.
-        _set_running_loop(self)
-        self._saved_agen_hooks = _get_asyncgen_hooks()
-        _set_asyncgen_hooks(self._agen_firstiter, self._agen_finalizer)
+        members = self._members
+        members[me] = Member(self, me, True)
+        self._activate()
         try:
             context.run(step, *args)
         except (SystemExit, KeyboardInterrupt):
@@ -810,8 +933,13 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         except BaseException as exc:  # noqa: B036 - reported as Handle._run() does
             self._report_callback_error(step, args, context, exc)
         finally:
-            interleaver.remove(me)
-            self._deactivate()
+            member = members.pop(me)
+            if member.installed:
+                self._deactivate()
+            if task.done():
+                self._tracker.drop_children(me)
+            else:
+                self._task_greenlets[task] = me
         return task
 
     def _take_step(
@@ -841,33 +969,30 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
 
     def _retire(self, runner: _Runner) -> None:
         """*runner* is leaving: undo its state if it still holds any."""
-        interleaver = _interleaver_for(self._hub)
-        record = interleaver.detached.get(runner)
-        if record is None:
-            if self._runner is runner:
-                self._runner = None
+        if self._runner is runner:
+            self._runner = None
+        member = self._members.pop(runner, None)
+        if member is not None and member.installed:
+            _compat.swap_current_task(self, None)
             self._deactivate()
-        else:
-            if record.live:
-                _compat.swap_current_task(self, None)
-                self._deactivate()
-            interleaver.remove(runner)
 
     def _finish(self, outcome: BaseException | None) -> None:
         """The loop stopped (or failed): wake the greenlet in run_forever()."""
         self._runner = None
         self._state = _IDLE
+        if self._handoff_armed:
+            self._disarm_handoff()
         if self._outcome is _PENDING:
             self._outcome = outcome
         if self._driver is not None:
             self._hub.loop.run_callback(self._driver.switch)
 
-    def _fail(self, runner: _Runner, exc: BaseException) -> None:
-        if self._runner is runner:
+    def _fail(self, runner: _Runner | None, exc: BaseException) -> None:
+        if runner is not None and self._runner is runner:
             self._finish(exc)
         elif self._outcome is _PENDING and self._driver is not None:
-            # A blocked callback raised a BaseException after the loop moved
-            # on: stop the loop and let run_forever() raise it.
+            # A blocked callback or step raised a BaseException after the
+            # loop moved on: stop the loop and let run_forever() raise it.
             self._outcome = exc
             self._stopping = True
             if self._state == _PARKED:
@@ -899,7 +1024,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._outcome = _PENDING
         self._state = _RUNNING
         self._last_yield = _monotonic()
-        runner = self._runner = _Runner(self)
+        self._tracker.start()
+        runner = self._new_runner()
         self._hub.loop.run_callback(runner.switch)
         interrupted: BaseException | None = None
         # Registered watchers do not keep the hub alive (gevent.wait() would
@@ -929,6 +1055,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             self._stopping = False
             self._thread_id = None  # type: ignore[assignment]
             self._state = _IDLE
+            self._tracker.stop()
             self._set_coroutine_origin_tracking(False)
 
     def _run_once(self) -> None:
@@ -993,7 +1120,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                 try:
                     self._current_handle = handle
                     started = self.time()
-                    handle._run()
+                    self._run_handle(handle, me)
                     took = self.time() - started
                     # A callback that blocked in gevent was detached and
                     # waited cooperatively: the loop ran on without it, so
@@ -1008,7 +1135,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                     if self._runner is me:
                         self._current_handle = None
             else:
-                handle._run()
+                owner = getattr(handle._callback, "__self__", None)
+                if owner is not None and isinstance(owner, _Task):
+                    self._run_task_step(handle, owner, me)
+                else:
+                    handle._run()
             if self._runner is not me:
                 return
         handle = None
@@ -1058,25 +1189,40 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         return self._retained
 
     def _sweep(self) -> None:
-        """Let go of the retained tasks that are done, logging the failed ones.
+        """Let go of the retained tasks that are done.
 
         A done callback per task would cost a scheduled callback (a handle and
         a pass through the ready queue) for every task. Instead the set is
         swept whenever it has doubled since the last sweep (so each task costs
         a constant share of a sweep), and every :data:`SWEEP_INTERVAL`
-        seconds while it holds tasks, so a failure is logged even when no
+        seconds while it holds tasks, so a failure is reported even when no
         new task comes.
+
+        A failed task is not logged here: the program may hold it and
+        retrieve its exception later (``await task``, ``gather``). asyncio
+        reports the exception of a task nobody retrieved when the task is
+        freed, which for a task only this set held is right now; see
+        :meth:`default_exception_handler`.
         """
         retained = self._retained
         finished = [task for task in retained if task.done()]
         retained.difference_update(finished)
         self._sweep_at = max(SWEEP_MIN, 2 * len(retained))
-        for task in finished:
-            if task.cancelled():
-                continue
-            exc = task.exception()
-            if exc is not None:
-                logger.error("Background task %s failed", task.get_name(), exc_info=exc)
+
+    def default_exception_handler(self, context: dict[str, t.Any]) -> None:
+        """asyncio's handler, except that a task whose exception nobody
+        retrieved is logged as a failed background task, through the
+        ``geventflask`` logger."""
+        task = context.get("future")
+        exc = context.get("exception")
+        if (
+            isinstance(task, asyncio.Task)
+            and exc is not None
+            and context.get("message") == "Task exception was never retrieved"
+        ):
+            logger.error("Background task %s failed", task.get_name(), exc_info=exc)
+            return
+        super().default_exception_handler(context)
 
     def _sweep_tick(self) -> None:
         self._sweep_timer = None

@@ -190,17 +190,10 @@ def watch(threshold: float) -> None:
 
 
 def _start_monitor_thread(hub: t.Any) -> None:
-    """Start gevent's monitor thread, whose switch tracer must go in while
-    the loop's own tracer is out (no task blocked in gevent): the loop's
-    tracer, when not on top, stays chained below gevent's, and installing it
-    again on top would make the two call each other forever."""
+    """Start gevent's monitor thread. Its switch tracer goes on top of the
+    loop's, and calls it: the loop's tracer never installs itself again
+    while it is still in that chain (see loop_greenlets.Tracker)."""
     if hub.periodic_monitoring_thread is not None:
-        return
-    interleaver = getattr(hub, "_geventflask_interleaver", None)
-    if interleaver is not None and interleaver.detached:
-        import gevent
-
-        gevent.spawn_later(0.01, _start_monitor_thread, hub)
         return
     import gevent
 

@@ -34,8 +34,11 @@ def patch(**patch_all_kwargs: t.Any) -> None:
 
     #. Runs ``gevent.monkey.patch_all(**patch_all_kwargs)``, unless gevent's
        patching is already in place (gunicorn's gevent worker does it first).
-    #. Installs :class:`~geventflask.EventLoopPolicy` on Python 3.10-3.13,
+    #. Installs :class:`~geventflask.EventLoopPolicy` on Python 3.11-3.13,
        so ``asyncio.run()`` and ``asyncio.new_event_loop()`` give hub loops.
+       From 3.14 asyncio's policies are deprecated (and gone in 3.16): pass
+       ``loop_factory=geventflask.HubEventLoop`` to ``asyncio.run()`` or
+       ``asyncio.Runner`` instead.
     #. Makes every :class:`flask.Flask` run ``async def`` views, hooks and
        error handlers on the worker's shared hub loop
        (:func:`~geventflask.get_loop`).
@@ -49,6 +52,9 @@ def patch(**patch_all_kwargs: t.Any) -> None:
     Called too late, it still patches, but warns (:class:`RuntimeWarning`,
     naming the fix): while an asyncio loop runs, whose waits stay unpatched,
     or after ``ssl`` was imported, whose sockets may then block the worker.
+
+    On a free-threaded build of CPython (``python3.14t``), which gevent does
+    not support, it raises :exc:`RuntimeError` at once and patches nothing.
 
     :param patch_all_kwargs: Passed to :func:`gevent.monkey.patch_all`.
 
@@ -65,6 +71,7 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
     global _patched, _deferred_to_fork
     if _patched:
         return
+    _refuse_free_threaded()
     role = _gunicorn_role()
     if not in_worker and role == "master":
         if not _deferred_to_fork:
@@ -94,12 +101,15 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
     ):
         monkey.patch_all(**patch_all_kwargs)
 
-    import asyncio
+    from . import _compat
 
-    from .policy import EventLoopPolicy
+    if sys.version_info < (3, 14) and _compat.set_event_loop_policy is not None:
+        # From 3.14 policies are deprecated (3.16 removes them): the hub
+        # loop is reached through loop_factory=HubEventLoop there, and the
+        # policy module is not even imported.
+        from .policy import EventLoopPolicy
 
-    if sys.version_info < (3, 14):
-        asyncio.set_event_loop_policy(EventLoopPolicy())
+        _compat.set_event_loop_policy(EventLoopPolicy())
 
     from . import cli, flask_hooks
     from .shutdown import shut_down_at_exit
@@ -117,6 +127,26 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
         from .worker import adopt_worker_on_stack
 
         adopt_worker_on_stack()
+
+
+def _refuse_free_threaded() -> None:
+    # gevent does not support free-threaded builds (3.13t, 3.14t). Check
+    # the build as well as the GIL's state: importing a C extension that
+    # does not declare free-threading support turns the GIL back on, so
+    # once gevent is imported the GIL may be on in such a build.
+    import sysconfig
+
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    if sysconfig.get_config_var("Py_GIL_DISABLED") or (
+        is_gil_enabled is not None and not is_gil_enabled()
+    ):
+        raise RuntimeError(
+            "geventflask.patch() cannot run on a free-threaded build of"
+            f" Python ({sys.version.split()[0]}, GIL disabled): gevent does not"
+            " support these builds. Run the app with the regular build of the"
+            " same version instead (for example 'python3.14', not"
+            " 'python3.14t')."
+        )
 
 
 def _patch_if_worker(patch_all_kwargs: dict[str, t.Any]) -> None:

@@ -2,8 +2,10 @@
 
 Two ways in: :func:`get_loop` for the worker's shared, always-running loop,
 and :class:`EventLoopPolicy` for code that asks asyncio for a loop (Python
-3.10-3.13; policies are deprecated from 3.14, where ``loop_factory`` is the
-way).
+3.11-3.13; policies are deprecated from 3.14 and gone from 3.16, where
+``loop_factory=HubEventLoop`` is the way). Where asyncio has no policies,
+:class:`EventLoopPolicy` subclasses nothing of asyncio's and refuses to be
+made, naming that way.
 """
 
 from __future__ import annotations
@@ -105,52 +107,75 @@ def _run_shared(loop: HubEventLoop) -> None:
         logger.exception("The shared event loop stopped with an error")
 
 
-class EventLoopPolicy(_compat.DefaultEventLoopPolicy):  # type: ignore[misc]
-    """An event loop policy that hands out hub loops.
+if _compat.has_policies():
 
-    ``asyncio.new_event_loop()`` (and so ``asyncio.run()``) gives a fresh
-    :class:`HubEventLoop`. ``asyncio.get_event_loop()`` outside a coroutine
-    gives the loop this greenlet set with ``asyncio.set_event_loop()``, or,
-    if it set none, the worker's shared loop (:func:`get_loop`), the same
-    for every greenlet of the hub.
+    class EventLoopPolicy(_compat.DefaultEventLoopPolicy):  # type: ignore[misc]
+        """An event loop policy that hands out hub loops.
 
-    .. versionadded:: 0.1
-    """
+        ``asyncio.new_event_loop()`` (and so ``asyncio.run()``) gives a fresh
+        :class:`HubEventLoop`. ``asyncio.get_event_loop()`` outside a coroutine
+        gives the loop this greenlet set with ``asyncio.set_event_loop()``, or,
+        if it set none, the worker's shared loop (:func:`get_loop`), the same
+        for every greenlet of the hub.
 
-    def __init__(self) -> None:
-        super().__init__()
-        # Loops set with set_event_loop(), per greenlet: asyncio.run() in one
-        # sync greenlet sets its loop and then None, which must not change
-        # what every other greenlet of the hub gets.
-        self._set_loops: weakref.WeakKeyDictionary[
-            greenlet.greenlet, asyncio.AbstractEventLoop | None
-        ] = weakref.WeakKeyDictionary()
+        .. versionadded:: 0.1
+        """
 
-    def new_event_loop(self) -> HubEventLoop:
-        return HubEventLoop()
+        def __init__(self) -> None:
+            super().__init__()
+            # Loops set with set_event_loop(), per greenlet: asyncio.run() in one
+            # sync greenlet sets its loop and then None, which must not change
+            # what every other greenlet of the hub gets.
+            self._set_loops: weakref.WeakKeyDictionary[
+                greenlet.greenlet, asyncio.AbstractEventLoop | None
+            ] = weakref.WeakKeyDictionary()
 
-    def get_event_loop(self) -> asyncio.AbstractEventLoop:
-        current = greenlet.getcurrent()
-        if current not in self._set_loops:
-            return get_loop()
-        loop = self._set_loops[current]
-        if loop is None:
+        def new_event_loop(self) -> HubEventLoop:
+            return HubEventLoop()
+
+        def get_event_loop(self) -> asyncio.AbstractEventLoop:
+            current = greenlet.getcurrent()
+            if current not in self._set_loops:
+                return get_loop()
+            loop = self._set_loops[current]
+            if loop is None:
+                raise RuntimeError(
+                    "There is no current event loop in thread"
+                    f" {_current_thread_name()!r}."
+                )
+            return loop
+
+        def set_event_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+            if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+                raise TypeError(
+                    f"loop must be an instance of AbstractEventLoop or None,"
+                    f" not '{type(loop).__name__}'"
+                )
+            self._set_loops[greenlet.getcurrent()] = loop
+            # Keep the base policy's child-watcher bookkeeping (3.11-3.13).
+            watcher = getattr(self, "_watcher", None)
+            if watcher is not None and loop is not None:
+                watcher.attach_loop(loop)
+
+else:
+
+    class EventLoopPolicy:  # type: ignore[no-redef]
+        """Stands in for the policy where asyncio has none (Python 3.16+).
+
+        Importing it works, so code that names it still loads; making one
+        raises :exc:`RuntimeError` saying what to use instead.
+
+        .. versionadded:: 0.1
+        """
+
+        def __init__(self) -> None:
             raise RuntimeError(
-                f"There is no current event loop in thread {_current_thread_name()!r}."
+                "geventflask.EventLoopPolicy is not available: this Python has"
+                " no asyncio event loop policies (removed in 3.16). Pass the"
+                " loop class instead: 'asyncio.run(main(),"
+                " loop_factory=geventflask.HubEventLoop)' or"
+                " 'asyncio.Runner(loop_factory=geventflask.HubEventLoop)'."
             )
-        return loop
-
-    def set_event_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
-            raise TypeError(
-                f"loop must be an instance of AbstractEventLoop or None,"
-                f" not '{type(loop).__name__}'"
-            )
-        self._set_loops[greenlet.getcurrent()] = loop
-        # Keep the base policy's child-watcher bookkeeping (3.10-3.11).
-        watcher = getattr(self, "_watcher", None)
-        if watcher is not None and loop is not None:
-            watcher.attach_loop(loop)
 
 
 def _current_thread_name() -> str:

@@ -17,6 +17,7 @@ import geventflask
 geventflask.patch()
 
 from geventflask import await_, get_loop, sync_to_async  # noqa: E402
+from geventflask.loop_greenlets import tracker_for  # noqa: E402
 
 var = contextvars.ContextVar("var", default="unset")
 
@@ -86,7 +87,7 @@ def test_twenty_greenlets_blocked_in_first_steps_at_once():
     waiters = [gevent.spawn(await_, blocks(i)) for i in range(20)]
     gevent.joinall(waiters, raise_error=True)
     assert [g.value for g in waiters] == list(range(20))
-    assert greenlet.gettrace() is None  # the switch tracer is gone again
+    assert_no_greenlet_holds_loop_state()
 
 
 def test_timeout_during_a_blocked_first_step_runs_its_finally():
@@ -105,7 +106,15 @@ def test_timeout_during_a_blocked_first_step_runs_its_finally():
     assert events == ["finally"]
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
-    assert greenlet.gettrace() is None
+    assert_no_greenlet_holds_loop_state()
+
+
+def assert_no_greenlet_holds_loop_state():
+    """Only the shared loop's runner is left running the loop's code: no
+    finished step or blocked caller is still counted as loop code."""
+    members = tracker_for(gevent.get_hub()).members
+    assert [type(g).__name__ for g in members] == ["_Runner"]
+    assert asyncio.current_task(get_loop()) is None
 
 
 def test_sync_to_async_inside_a_first_step():

@@ -216,7 +216,11 @@ def get_status_of_post(server, body):
 def await_misuse(server, tag):
     return {
         path: get_json(server.url + path)
-        for path in ("/fault/await-in-coroutine", "/fault/await-not-awaitable")
+        for path in (
+            "/fault/await-in-coroutine",
+            "/fault/await-foreign-future",
+            "/fault/await-not-awaitable",
+        )
     }
 
 
@@ -291,8 +295,9 @@ def test_malformed_and_oversized_requests_get_4xx(faulty):
 
 def test_await_misuse_raises_errors_that_name_the_fix(faulty):
     answers = provoke_three_times(faulty, "await_misuse")
-    in_coroutine = answers["/fault/await-in-coroutine"]
-    assert in_coroutine["error"] == "RuntimeError"
-    assert "use 'await' instead" in in_coroutine["message"]
+    assert answers["/fault/await-in-coroutine"] == {"error": None, "result": "ok"}
+    foreign = answers["/fault/await-foreign-future"]
+    assert foreign["error"] == "ValueError"
+    assert "geventflask.get_loop()" in foreign["message"]
     assert answers["/fault/await-not-awaitable"]["error"] == "TypeError"
     assert_recovered(faulty)

@@ -26,6 +26,7 @@ import pytest
 from gevent.monkey import get_original
 
 from geventflask import HubEventLoop
+from geventflask.loop import SWEEP_INTERVAL
 
 _real_start_thread = get_original("_thread", "start_new_thread")
 _real_get_ident = get_original("_thread", "get_ident")
@@ -862,6 +863,7 @@ def test_a_failed_background_task_is_logged_with_no_new_task_to_prompt_it(
     retaining_loop, caplog
 ):
     loop = retaining_loop
+    loop.set_exception_handler(None)  # asyncio's report, through the default
 
     async def doomed():
         raise ValueError("background failure")
@@ -884,6 +886,7 @@ def test_a_failed_background_task_is_logged_with_no_new_task_to_prompt_it(
 
 def test_closing_the_loop_logs_failures_not_yet_seen(retaining_loop, caplog):
     loop = retaining_loop
+    loop.set_exception_handler(None)
 
     async def doomed():
         raise ValueError("background failure")
@@ -897,6 +900,34 @@ def test_closing_the_loop_logs_failures_not_yet_seen(retaining_loop, caplog):
         loop.close()
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["Background task doomed-at-close failed"]
+
+
+def test_an_exception_the_program_retrieved_is_not_logged(retaining_loop, caplog):
+    """Only what nobody retrieved is a failure to report: a task awaited in
+    a try block, or gathered, had its exception handled by the program."""
+    loop = retaining_loop
+    loop.set_exception_handler(None)
+
+    async def doomed(n):
+        await asyncio.sleep(0.01 * n)
+        raise ValueError(f"handled {n}")
+
+    async def main():
+        awaited = loop.create_task(doomed(1), name="awaited")
+        gathered = [loop.create_task(doomed(n), name=f"gathered-{n}") for n in range(3)]
+        try:
+            await awaited
+        except ValueError:
+            pass
+        results = await asyncio.gather(*gathered, return_exceptions=True)
+        await asyncio.sleep(2 * SWEEP_INTERVAL)  # sweeps have run since
+        return results
+
+    with caplog.at_level("ERROR"):
+        results = loop.run_until_complete(main())
+        loop.close()
+    assert [type(r) for r in results] == [ValueError] * 3
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 def test_finished_tasks_are_let_go_while_new_ones_keep_coming(retaining_loop):

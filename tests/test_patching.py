@@ -320,3 +320,130 @@ def test_patch_where_the_docs_allow(live_server, tmp_path, worker_class, where):
     else:
         assert warned == [], log
     assert "Traceback" not in log, log
+
+
+#: Removes asyncio's policy system from this process, as Python 3.16 does:
+#: every name with "olicy" in asyncio and its submodules goes.
+WITHOUT_POLICIES = """
+import asyncio, asyncio.events, sys
+if sys.platform != "win32":
+    import asyncio.unix_events
+for module in (asyncio, asyncio.events, sys.modules.get("asyncio.unix_events")):
+    for name in [n for n in vars(module) if "olicy" in n]:
+        delattr(module, name)
+"""
+
+
+def test_without_asyncio_policies_patch_still_serves_the_hub_loop():
+    # Python 3.16 removes asyncio's policy system; simulated here on any version.
+    result = run_snippet(
+        WITHOUT_POLICIES
+        + """
+import warnings
+warnings.simplefilter("error", DeprecationWarning)
+import geventflask
+# asyncio (so ssl) was imported first, to remove the policies: patch() warns.
+warnings_from(geventflask.patch)
+import asyncio
+from flask import Flask
+
+async def loop_type():
+    await asyncio.sleep(0)
+    return type(asyncio.get_running_loop()).__name__
+
+app = Flask(__name__)
+
+@app.route("/")
+async def index():
+    return await loop_type()
+
+try:
+    geventflask.EventLoopPolicy()
+except RuntimeError as exc:
+    refused = str(exc)
+else:
+    refused = None
+
+with asyncio.Runner(loop_factory=geventflask.HubEventLoop) as runner:
+    in_runner = runner.run(loop_type())
+if sys.version_info >= (3, 12):
+    in_run = asyncio.run(loop_type(), loop_factory=geventflask.HubEventLoop)
+else:
+    in_run = in_runner  # asyncio.run() takes loop_factory from 3.12
+report({
+    "patched": geventflask.is_patched(),
+    "asyncio_run": in_run,
+    "runner": in_runner,
+    "view": app.test_client().get("/").get_data(as_text=True),
+    "shared_loop": type(geventflask.get_loop()).__name__,
+    "refused": refused,
+    "public_names_load": all(hasattr(geventflask, n) for n in geventflask.__all__),
+})
+"""
+    )
+    assert result["patched"] is True
+    assert result["asyncio_run"] == result["runner"] == "HubEventLoop"
+    assert result["view"] == "HubEventLoop"
+    assert result["shared_loop"] == "HubEventLoop"
+    assert result["public_names_load"] is True
+    assert "loop_factory=geventflask.HubEventLoop" in result["refused"]
+
+
+def test_no_deprecation_warning_from_the_package_under_w_error():
+    # Python 3.14 deprecates the policy system and child watchers; nothing
+    # the package does on its own may trip that, on any version.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-c",
+            textwrap.dedent(
+                """
+                import geventflask
+                geventflask.patch()
+                import asyncio, geventflask.policy
+                from geventflask import *  # every public name loads
+
+                async def child():
+                    proc = await asyncio.create_subprocess_exec(
+                        "true", stdout=asyncio.subprocess.DEVNULL
+                    )
+                    return await proc.wait()
+
+                with asyncio.Runner(loop_factory=HubEventLoop) as runner:
+                    assert runner.run(child()) == 0
+                assert geventflask.await_(asyncio.sleep(0, "ok")) == "ok"
+                print("clean")
+                """
+            ),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("clean")
+
+
+@pytest.mark.parametrize("how", ["gil_disabled", "free_threaded_build"])
+def test_patch_refuses_a_free_threaded_build_at_once(monkeypatch, how):
+    import sysconfig
+
+    from geventflask import patching
+
+    if how == "gil_disabled":
+        monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    else:
+        config_var = sysconfig.get_config_var
+        monkeypatch.setattr(
+            sysconfig,
+            "get_config_var",
+            lambda name: 1 if name == "Py_GIL_DISABLED" else config_var(name),
+        )
+    monkeypatch.setattr(patching, "_patched", False)
+    with pytest.raises(RuntimeError, match="free-threaded") as caught:
+        patching.patch()
+    assert "gevent does not support" in str(caught.value)
+    assert not patching.is_patched()

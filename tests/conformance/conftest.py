@@ -4,7 +4,18 @@ CPython's asyncio tests reach a loop in two ways: through a mixin's
 ``create_event_loop()`` hook (``test_asyncio_loop.py`` points it at
 :class:`~geventflask.HubEventLoop`), or through asyncio's default policy
 (``test_asyncio_policy.py``). Each CPython module resets the policy when it
-is done, so :class:`~geventflask.EventLoopPolicy` goes in before every test.
+is done, so :class:`~geventflask.EventLoopPolicy` goes in before every test
+(where asyncio still has policies).
+
+Honest counts: CPython's ``new_test_loop()`` without a time generator builds
+its own mocked ``TestLoop``, so many tests never touch a HubEventLoop. Every
+test records whether it constructed one, and the terminal summary prints, per
+CPython module, the outcomes beside the number of tests that did.
+
+State check: after each test, the thread must have no running loop and no
+current task left over (an exception escaping a loop entry point must not
+leave them behind); a leak fails that test and is cleared, so it can never
+fail the tests after it.
 
 ``GEVENTFLASK_CONFORMANCE_STOCK=1`` runs the same selection on asyncio's own
 loop (still under ``patch_all()``, which the parent conftest applies): the
@@ -14,11 +25,11 @@ baseline that HubEventLoop must match. Known failures are not marked then.
 from __future__ import annotations
 
 import asyncio
+import collections
 import faulthandler
 import os
 import sys
 import typing as t
-import warnings
 
 import pytest
 
@@ -44,9 +55,22 @@ def new_loop() -> asyncio.AbstractEventLoop:
 def conformance_id(item: pytest.Item) -> str:
     """``<CPython module>.<class>.<test>``, the key of known_failures.py."""
     cls = item.cls
-    assert cls is not None
+    if cls is None:  # the stand-in for a module this Python lacks
+        return f"{item.name}"
     module = getattr(cls, "cpython_module", cls.__module__.rpartition(".")[2])
     return f"{module}.{cls.__name__}.{item.name}"
+
+
+def cpython_module(item: pytest.Item) -> str:
+    """The CPython module a conformance test comes from."""
+    cls = item.cls
+    if cls is None:
+        return item.name.removeprefix("test_").removesuffix("__missing")
+    return getattr(cls, "cpython_module", cls.__module__.rpartition(".")[2])
+
+
+#: node id -> CPython module, for every conformance test collected.
+_modules: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,6 +78,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not str(item.path).startswith(here):
             continue
+        _modules[item.nodeid] = cpython_module(item)
         item.add_marker(pytest.mark.conformance)
         # CPython's tests assert on warnings themselves and leave others to
         # the interpreter's default filters; "error" would fail them for
@@ -73,22 +98,160 @@ def _hub_loop_policy():
     """Install the hub policy before each test; put back the previous one after.
 
     CPython's tests reset the policy to asyncio's default when they are done;
-    the rest of this suite must get back whatever it had installed.
+    the rest of this suite must get back whatever it had installed. Where
+    asyncio has no policies (3.16+), there is nothing to install.
     """
-    with warnings.catch_warnings():
-        # Policies are deprecated from Python 3.14.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        previous = asyncio.get_event_loop_policy()
-        if STOCK:
-            asyncio.set_event_loop_policy(None)
-        else:
-            from geventflask import EventLoopPolicy
+    from geventflask import _compat
 
-            asyncio.set_event_loop_policy(EventLoopPolicy())
+    get_policy, set_policy = (
+        _compat.get_event_loop_policy,
+        _compat.set_event_loop_policy,
+    )
+    if get_policy is None or set_policy is None:
+        yield
+        return
+    previous = get_policy()
+    if STOCK:
+        set_policy(None)
+    else:
+        from geventflask import EventLoopPolicy
+
+        set_policy(EventLoopPolicy())
     yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        asyncio.set_event_loop_policy(previous)
+    set_policy(previous)
+
+
+def _thread_state() -> tuple[t.Any, t.Any]:
+    """(running loop, leftover current task) of this thread, each None if clean."""
+    from geventflask import _compat
+
+    running = _compat.get_running_loop_or_none()
+    if sys.version_info >= (3, 14):
+        # The current task is a slot of the thread state, read through
+        # whichever loop is running: borrow a stand-in loop to read it.
+        probe = _ProbeLoop()
+        _compat.set_running_loop(probe)
+        try:
+            task = asyncio.current_task(probe)  # type: ignore[arg-type]
+        finally:
+            _compat.set_running_loop(running)
+    else:
+        tasks = dict(asyncio.tasks._current_tasks)  # type: ignore[attr-defined]
+        task = next(iter(tasks.values()), None)
+    return running, task
+
+
+class _ProbeLoop:
+    """Only an identity: the running loop while the task slot is read."""
+
+
+def _clear_thread_state() -> None:
+    from geventflask import _compat
+
+    if sys.version_info >= (3, 14):
+        probe = _ProbeLoop()
+        _compat.set_running_loop(probe)  # type: ignore[arg-type]
+        _compat.swap_current_task(probe, None)  # type: ignore[arg-type]
+    else:
+        asyncio.tasks._current_tasks.clear()  # type: ignore[attr-defined]
+    _compat.set_running_loop(None)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_loop_state():
+    """Fail a test that leaves a running loop or a current task behind, and
+    clear them, so the tests after it start clean."""
+    before = _thread_state()
+    if before != (None, None):
+        _clear_thread_state()
+    yield
+    running, task = _thread_state()
+    if (running, task) != (None, None):
+        _clear_thread_state()
+        pytest.fail(
+            f"the test left thread state behind: running loop {running!r},"
+            f" current task {task!r}",
+            pytrace=False,
+        )
+
+
+# -- honest counts ---------------------------------------------------------
+
+#: Times a HubEventLoop was constructed in this process so far.
+_constructed = [0]
+#: CPython module -> outcome -> number of tests; "hub_loop" counts the
+#: tests that constructed at least one HubEventLoop.
+_counts: collections.defaultdict[str, collections.Counter[str]] = (
+    collections.defaultdict(collections.Counter)
+)
+
+
+def _count_hub_loops() -> None:
+    from geventflask import HubEventLoop
+
+    if getattr(HubEventLoop, "_conformance_counted", False):
+        return
+    original = HubEventLoop.__init__
+
+    def __init__(self: t.Any, *args: t.Any, **kwargs: t.Any) -> None:
+        _constructed[0] += 1
+        original(self, *args, **kwargs)
+
+    HubEventLoop.__init__ = __init__  # type: ignore[method-assign]
+    HubEventLoop._conformance_counted = True  # type: ignore[attr-defined]
+
+
+def _is_conformance(item: pytest.Item) -> bool:
+    return str(item.path).startswith(os.path.dirname(__file__))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    if not _is_conformance(item):
+        return (yield)
+    _count_hub_loops()
+    before = _constructed[0]
+    try:
+        return (yield)
+    finally:
+        if _constructed[0] > before:
+            _counts[cpython_module(item)]["hub_loop"] += 1
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = _modules.get(report.nodeid)
+    if module is None:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        if hasattr(report, "wasxfail"):
+            outcome = "xfailed" if report.skipped else "xpassed"
+        else:
+            outcome = report.outcome
+        _counts[module][outcome] += 1
+    elif report.when == "teardown" and report.failed:
+        _counts[module]["failed"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: t.Any) -> None:
+    if not _counts:
+        return
+    write = terminalreporter.write_line
+    loop = "asyncio's stock loop" if STOCK else "HubEventLoop"
+    terminalreporter.section(
+        f"CPython test.test_asyncio on {loop}, Python {sys.version.split()[0]}"
+    )
+    columns = ("passed", "failed", "xfailed", "xpassed", "skipped", "hub_loop")
+    write(f"{'module':28}" + "".join(f"{c:>9}" for c in columns))
+    total: collections.Counter[str] = collections.Counter()
+    for module in sorted(_counts):
+        counts = _counts[module]
+        total.update(counts)
+        write(f"{module:28}" + "".join(f"{counts[c]:>9}" for c in columns))
+    write(f"{'TOTAL':28}" + "".join(f"{total[c]:>9}" for c in columns))
+    write(
+        "hub_loop: tests that constructed at least one HubEventLoop (the rest"
+        " ran on CPython's mocked TestLoop or on no loop at all)."
+    )
 
 
 class HangError(AssertionError):

@@ -40,9 +40,15 @@ class _OnLoopUnderTest:
         return loop_under_test()
 
 
+#: 3.14 folded the Unix-only mixin into EventLoopTestsMixin.
+_EventLoopMixin = getattr(
+    test_events, "UnixEventLoopTestsMixin", test_events.EventLoopTestsMixin
+)
+
+
 class HubEventLoopTests(
     _OnLoopUnderTest,
-    test_events.UnixEventLoopTestsMixin,
+    _EventLoopMixin,
     test_events.SubprocessTestsMixin,
     test_utils.TestCase,
 ):

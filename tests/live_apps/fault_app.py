@@ -205,10 +205,19 @@ async def upstream(mode):
 
 @app.route("/fault/await-in-coroutine")
 async def await_in_coroutine():
+    # Not a misuse: sync code called from a coroutine may await_().
+    return {"error": None, "result": geventflask.await_(asyncio.sleep(0, "ok"))}
+
+
+@app.route("/fault/await-foreign-future")
+async def await_foreign_future():
+    other = asyncio.new_event_loop()
     try:
-        geventflask.await_(asyncio.sleep(0))
-    except RuntimeError as error:
-        return {"error": "RuntimeError", "message": str(error)}
+        geventflask.await_(other.create_future())
+    except ValueError as error:
+        return {"error": "ValueError", "message": str(error)}
+    finally:
+        other.close()
     return {"error": None}
 
 
