@@ -112,35 +112,36 @@ SUITES: dict[str, Suite] = {
         ),
         # SQLAlchemy's asyncio layer (greenlet_spawn / await_only under
         # every AsyncEngine and AsyncSession call) on a real PostgreSQL
-        # through asyncpg, and its greenlet bridge's own unit tests.
+        # through asyncpg.
         Suite(
             name="sqlalchemy-asyncpg",
             dist="sqlalchemy",
             version=SQLALCHEMY_VERSION,
             paths=[
                 "test/ext/asyncio",
-                "test/base/test_concurrency.py",
                 "test/dialect/postgresql/test_async_pg.py",
             ],
+            args=["--dburi", "postgresql+asyncpg://{auth}@{host}:{port}/{db}"],
+            postgres=True,
+        ),
+        # The same asyncio tests on aiosqlite, whose driver calls finish
+        # from a worker thread (a greenlet, once patched) through
+        # call_soon_threadsafe(); and the greenlet bridge's own unit tests
+        # (500 concurrent greenlet_spawn tasks, contextvars through await_),
+        # which need no server.
+        Suite(
+            name="sqlalchemy-aiosqlite",
+            dist="sqlalchemy",
+            version=SQLALCHEMY_VERSION,
+            paths=["test/ext/asyncio", "test/base/test_concurrency.py"],
             args=[
                 "--dburi",
-                "postgresql+asyncpg://{auth}@{host}:{port}/{db}",
+                "sqlite+aiosqlite:///:memory:",
                 # Subprocess checks of how SQLAlchemy imports without
                 # greenlet; no loop involved, 10 s each, and they fail on
                 # both loops here.
                 "--deselect=test/base/test_concurrency.py::GreenletImportTests",
             ],
-            postgres=True,
-        ),
-        # The same asyncio tests on aiosqlite, whose driver calls finish
-        # from a worker thread (a greenlet, once patched) through
-        # call_soon_threadsafe().
-        Suite(
-            name="sqlalchemy-aiosqlite",
-            dist="sqlalchemy",
-            version=SQLALCHEMY_VERSION,
-            paths=["test/ext/asyncio"],
-            args=["--dburi", "sqlite+aiosqlite:///:memory:"],
         ),
     ]
 }
