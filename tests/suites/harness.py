@@ -191,9 +191,14 @@ def _pip(python: Path | str, *args: str, timeout: float = 600) -> None:
     cmd = [str(python), "-m", "pip", "--disable-pip-version-check", "-q", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
+        said = [
+            line
+            for line in (proc.stderr or proc.stdout).splitlines()
+            if line.strip() and not line.startswith("WARNING:")
+        ]
         raise Unavailable(
-            f"pip {' '.join(args[:2])} failed ({proc.returncode}):\n"
-            + (proc.stderr or proc.stdout)[-2000:]
+            f"pip {' '.join(args[:2])} failed ({proc.returncode}): "
+            + " / ".join(said[-3:])
         )
 
 
