@@ -739,12 +739,12 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._task_greenlets[task] = me
         del task
         if self._runner is me:
-            received = self._new_runner().switch()
-        else:
-            # The step blocked, and the loop went on meanwhile.
-            self._leave_quietly(me)
-            received = _greenlet_switch(self._hub)
-        self._run_steps(me, received)
+            # Started from the hub, never from here: a greenlet starts with
+            # the recursion depth of the frame that first switches into it,
+            # so runners started from runners would start deeper each time.
+            self._hub.loop.run_callback(self._new_runner().switch)
+        self._leave_quietly(me)
+        self._run_steps(me, _greenlet_switch(self._hub))
 
     def _leave_quietly(self, me: greenlet.greenlet) -> None:
         """*me* stops running the loop's code of its own accord."""

@@ -209,3 +209,15 @@ def test_fifty_tasks_that_await_then_block_all_finish_together():
     # Concurrency, not speed: fifty 0.2 s blocks in a row would take 10 s.
     assert time.monotonic() - started < 5
     assert asyncio.current_task(get_loop()) is None
+
+
+def test_many_tasks_that_keep_their_greenlet_do_not_deepen_the_stack():
+    """Each task whose step leaves a child greenlet behind takes the runner
+    for itself, and a new runner goes on: 600 of them at once must not
+    start each new runner deeper than the last (RecursionError)."""
+
+    async def main():
+        return await asyncio.gather(*(three_round_trips(n) for n in range(600)))
+
+    for results in run_both(main):
+        assert results == [(n, 3) for n in range(600)]
