@@ -69,23 +69,10 @@ KNOWN_FAILURES: dict[str, dict[str, str]] = {
         ),
     },
     "sqlalchemy-asyncpg": {},
-    "sqlalchemy-aiosqlite": {
-        "test/base/test_concurrency.py::TestAsyncioCompat::test_contextvars": (
-            "500 tasks at once, each greenlet_spawn()ing sync code that"
-            " await_()s four times (contextvars must flow both ways); on ours"
-            " the test's own task raises RecursionError with about 50 frames"
-            " on its stack: the recursion depth counter, not the stack, runs"
-            " out. greenlet gives a new greenlet the recursion depth of the"
-            " frame that first switches into it (started at depth 500, a"
-            " greenlet has 494 frames of headroom left; 300 greenlets each"
-            " started from inside the previous one leave 96), so when each"
-            " task keeps its runner (its step left SQLAlchemy's child greenlet"
-            " behind) and the replacement runner is started from inside the"
-            " runner it replaces, every replacement starts deeper. Start"
-            " runners from a fixed shallow frame (the hub, or the loop's"
-            " driver). Passed before 00cde95. Issue #10 (1)"
-        ),
-    },
+    # test/base/test_concurrency.py::TestAsyncioCompat::test_contextvars
+    # failed from 00cde95 to 2fd3ce2 (RecursionError: each replacement runner
+    # was started from inside the one it replaced, one level deeper).
+    "sqlalchemy-aiosqlite": {},
 }
 
 #: Suites whose run on HubEventLoop cannot reach its first test; every test
