@@ -97,7 +97,8 @@ SUITES: dict[str, Suite] = {
     for suite in [
         # anyio's tests run each async test on every backend; only its
         # "asyncio" (and, from 3.12, "asyncio+eager") parameters are kept.
-        # test_pytest_plugin.py (inner pytest runs, 45 s) and
+        # CI leaves out "asyncio+eager" (it doubles the run; --full keeps
+        # it), test_pytest_plugin.py (inner pytest runs, 45 s) and
         # test_lazyimport.py (subprocess imports, 15 s) test anyio's own
         # plumbing more than the loop, so CI leaves them out.
         Suite(
@@ -429,6 +430,7 @@ def run_suite(
         GEVENTFLASK_SUITE_SKIP=str(skip_file),
         GEVENTFLASK_SUITE_HANG=str(HANG_LIMIT),
         PYTHONDONTWRITEBYTECODE="1",
+        GEVENTFLASK_SUITE_EAGER="1" if full else "0",
     )
     run = Run(suite.name, loop, log=str(log_path))
     started = time.monotonic()

@@ -48,6 +48,9 @@ import pytest  # noqa: E402
 LOOP = os.environ.get("GEVENTFLASK_SUITE_LOOP", "hub")
 REPORT = os.environ.get("GEVENTFLASK_SUITE_REPORT")
 HANG_LIMIT = float(os.environ.get("GEVENTFLASK_SUITE_HANG", "30"))
+#: Keep anyio's "asyncio+eager" parameter (3.12+: the loop under test with
+#: asyncio's eager task factory); it doubles anyio's run time.
+EAGER = os.environ.get("GEVENTFLASK_SUITE_EAGER", "1") == "1"
 #: A file of node ids not to run again (done, or hung, in an earlier try).
 SKIP = os.environ.get("GEVENTFLASK_SUITE_SKIP")
 if LOOP not in ("hub", "stock"):
@@ -131,9 +134,8 @@ def _other_backend(item: pytest.Item) -> bool:
     # "asyncio+uvloop" / "asyncio+winloop" bring their own loop; only
     # "asyncio" and "asyncio+eager" (which calls asyncio.new_event_loop())
     # run on the loop under test.
-    return name != "asyncio" or any(
-        other in callspec.id for other in ("uvloop", "winloop")
-    )
+    others = ("uvloop", "winloop") if EAGER else ("uvloop", "winloop", "+eager")
+    return name != "asyncio" or any(other in callspec.id for other in others)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
