@@ -16,12 +16,13 @@ About three and a half minutes on two cores, the first time a minute more;
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
 from . import harness
 from .conftest import TABLES
-from .known_failures import FLAKY, KNOWN_FAILURES, SESSION_FAILURES
+from .known_failures import FLAKY, NOISE, SESSION_FAILURES, known
 
 pytestmark = pytest.mark.suites
 
@@ -67,17 +68,24 @@ def test_library_suite(name: str) -> None:
     )
     assert not not_ours, f"ran on the stock loop but not on ours: {not_ours[:20]}"
 
-    known = KNOWN_FAILURES.get(name, {})
+    expected = known(name)
     flaky = FLAKY.get(name, set())
+    noise = [re.compile(pattern) for pattern in NOISE.get(name, {})]
     failing = comparison.only_ours()
-    new = {k: v for k, v in failing.items() if k not in known and k not in flaky}
+    new = {
+        k: v
+        for k, v in failing.items()
+        if k not in expected
+        and k not in flaky
+        and not any(pattern.search(v) for pattern in noise)
+    }
     fixed = sorted(
         test_id
-        for test_id in known
+        for test_id in expected
         if test_id not in flaky
         and hub.tests.get(test_id, {}).get("outcome") == "passed"
     )
-    missing = sorted(test_id for test_id in known if test_id not in hub.tests)
+    missing = sorted(test_id for test_id in expected if test_id not in hub.tests)
     problems = []
     if new:
         problems.append(
