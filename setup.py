@@ -32,6 +32,17 @@ setup(
             "aiohttp>=3.9",
             "requests>=2.31",
             "prometheus_client>=0.16",
+            # tests/ecosystem: the async and sync stacks against real
+            # PostgreSQL and Redis (see DEVELOPERS.md).
+            "sqlalchemy[asyncio]>=2.0",
+            "asyncpg>=0.29",
+            "psycopg[binary]>=3.1",
+            "psycopg2-binary>=2.9",
+            "psycogreen>=1.0",
+            "redis>=5.0",
+            "httpx>=0.27",
+            "opentelemetry-api>=1.20",
+            "opentelemetry-sdk>=1.20",
         ],
         "metrics": [
             "prometheus_client>=0.16",

@@ -41,6 +41,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 import typing as t
 
@@ -49,7 +50,7 @@ from gevent import get_hub
 from gevent.monkey import get_original
 
 from . import _compat
-from .loop_greenlets import Member, tracker_for
+from .loop_greenlets import Member, register_thread, tracker_for, unregister_thread
 
 __all__ = ["HubEventLoop"]
 
@@ -367,6 +368,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         #: The step greenlet the runner waits for (None: none, or it blocked
         #: and the loop went on without it).
         self._awaited: greenlet.greenlet | None = None
+        #: A greenlet running the loop's code while the runner is parked: a
+        #: caller of await_() running a first step, or a step that goes on
+        #: after it really blocked. Until it blocks again or is done, the
+        #: runner stays parked (see _left()).
+        self._holder: greenlet.greenlet | None = None
         #: Tasks whose steps must keep running in one greenlet: those awaited
         #: by await_() (their caller's greenlet) and those whose steps left
         #: child greenlets behind.
@@ -590,6 +596,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._hub.loop.run_callback(self._resume_cb)
 
     def _resume(self, *_: t.Any) -> None:
+        if self._holder is not None:
+            return  # the holder's release resumes the runner
         if self._state in (_WAKING, _YIELDING) and self._runner is not None:
             self._state = _WAKING
             self._runner.switch()
@@ -748,6 +756,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
 
     def _leave_quietly(self, me: greenlet.greenlet) -> None:
         """*me* stops running the loop's code of its own accord."""
+        self._release(me)
         member = self._members.pop(me, None)
         if member is not None and member.installed:
             member.installed = False
@@ -777,13 +786,18 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         """
         tracker = self._tracker
         task_greenlets = self._task_greenlets
+        borrowed = me.__class__ is not _Runner  # await_()'s caller
         while isinstance(handle, _Handle):
             task = handle._callback.__self__
             failed = None
+            if borrowed:
+                register_thread(me, self._loop_thread)
             try:
                 handle._run()
             except BaseException as exc:  # noqa: B036 - SystemExit, KeyboardInterrupt
                 failed = _StepFailed(exc)
+            if borrowed:
+                unregister_thread(me)
             handle = None
             ending = False
             if task.done():
@@ -846,7 +860,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         has polled and run what was ready.
         """
         root = member.root
-        if root is self._awaited or (root is self._runner and self._state == _RUNNING):
+        if (
+            root is self._awaited
+            or root is self._holder
+            or (root is self._runner and self._state == _RUNNING)
+        ):
             self._handoff_seq += 1
             timer = self._handoff_timer
             if self._handoff_armed:
@@ -876,8 +894,36 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         if self._awaited is not None:
             self._awaited = None
             runner.switch(_STEP_BLOCKED)
+        elif self._holder is not None:
+            self._release(self._holder)
         elif self._state == _RUNNING:
             self._detach(runner)
+
+    def _entered(self, member: Member) -> None:
+        """*member*'s greenlet was switched into the loop's code from outside.
+
+        Called by the tracer. A step going on after it really blocked holds
+        the loop while the runner is parked, so that what it runs up to its
+        next await is not interleaved with the runner's tasks. (While the
+        runner waits for another step, it may interleave with that one: both
+        have really waited, as two threads would.)
+        """
+        root = member.root
+        if (
+            self._holder is None
+            and self._state != _RUNNING
+            and root is not self._runner
+        ):
+            self._holder = root
+
+    def _release(self, root: greenlet.greenlet) -> None:
+        """*root* no longer holds the loop: the runner may go on."""
+        if self._holder is root:
+            self._holder = None
+            if self._handoff_armed:
+                self._disarm_handoff()
+            if self._state in (_WAKING, _YIELDING):
+                self._hub.loop.run_callback(self._resume_cb)
 
     def _detach(self, runner: _Runner) -> None:
         """*runner* blocked in a callback: leave it to gevent, go on without it."""
@@ -887,6 +933,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
     def _new_runner(self) -> _Runner:
         runner = self._runner = _Runner(self)
         self._members[runner] = Member(self, runner)
+        register_thread(runner, self._loop_thread)
         return runner
 
     def _start_task_here(
@@ -902,16 +949,26 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         blocks in gevent, the tracer hands that state back and forth. Called
         from a sync greenlet with no loop of its own running.
         """
+        if not self._closed and (
+            self._thread_id is None
+            or self._holder is not None
+            or self._state == _RUNNING
+        ):
+            # A loop not running yet must not find a task half way through
+            # its first step; a loop whose code runs elsewhere (a step that
+            # waits without really blocking) must not be run alongside. The
+            # loop hands this greenlet every step.
+            task = asyncio.Task(coro, loop=self, name=name, context=context)
+            self._task_greenlets[task] = _getcurrent()
+            return task
         if (
             self._debug
-            or self._thread_id is None
             or self._closed
             or self._hub.periodic_monitoring_thread is not None
         ):
-            # As usual, in a step greenlet of the loop: debug mode and
-            # gevent's stall monitor report a slow step by its task; a loop
-            # not running yet must not find a task half way through its
-            # first step; a closed one refuses the task.
+            # As usual, in the loop's runner: debug mode and gevent's stall
+            # monitor report a slow step by its task, which they find
+            # through the runner; a closed loop refuses the task.
             return asyncio.Task(coro, loop=self, name=name, context=context)
         # The task schedules its first step with call_soon(); take the step
         # instead, so it neither queues nor wakes the loop.
@@ -925,6 +982,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         me = _getcurrent()
         members = self._members
         members[me] = Member(self, me, True)
+        register_thread(me, self._loop_thread)
+        self._holder = me
         self._activate()
         try:
             context.run(step, *args)
@@ -933,9 +992,11 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         except BaseException as exc:  # noqa: B036 - reported as Handle._run() does
             self._report_callback_error(step, args, context, exc)
         finally:
+            unregister_thread(me)
             member = members.pop(me)
             if member.installed:
                 self._deactivate()
+            self._release(me)
             if task.done():
                 self._tracker.drop_children(me)
             else:
@@ -971,6 +1032,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         """*runner* is leaving: undo its state if it still holds any."""
         if self._runner is runner:
             self._runner = None
+        self._release(runner)
+        unregister_thread(runner)
         member = self._members.pop(runner, None)
         if member is not None and member.installed:
             _compat.swap_current_task(self, None)
@@ -1025,6 +1088,9 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._state = _RUNNING
         self._last_yield = _monotonic()
         self._tracker.start()
+        #: The thread (greenlet, once threading is patched) that runs the
+        #: loop: what code on the loop sees as threading.current_thread().
+        self._loop_thread = threading.current_thread()
         runner = self._new_runner()
         self._hub.loop.run_callback(runner.switch)
         interrupted: BaseException | None = None

@@ -20,6 +20,13 @@ runs, keeps the state right:
 A greenlet started by loop code as its own child (``greenlet(fn)`` with the
 default parent) counts as loop code too: it is part of the step that
 started it, as on stock asyncio, where it would run on the loop's thread.
+
+Thread identity: patched ``threading`` makes every greenlet a thread of its
+own, so code on the loop would see a new ``threading.current_thread()`` (a
+``Dummy-N``, counted by ``active_count()``) whenever the loop moves to
+another runner. Stock asyncio's loop code always sees the thread that runs
+the loop; here the runners and their child greenlets report the thread of
+the greenlet that called ``run_forever()`` (see :func:`current_thread`).
 """
 
 # This module reaches asyncio's per-thread state through _compat and calls
@@ -37,8 +44,9 @@ from . import _compat
 if t.TYPE_CHECKING:
     from .loop import HubEventLoop
 
-__all__ = ["Member", "Tracker", "tracker_for"]
+__all__ = ["Member", "Tracker", "current_thread", "tracker_for"]
 
+_getcurrent = greenlet.getcurrent
 _gettrace = greenlet.gettrace
 _settrace = greenlet.settrace
 _swap_current_task = _compat.swap_current_task
@@ -83,6 +91,7 @@ class Tracker:
 
     def start(self) -> None:
         """A loop of this hub starts running: trace switches."""
+        _report_loop_threads()
         self._users += 1
         if self._installed and _gettrace() is None:
             self._installed = False  # whoever was on top removed the chain
@@ -110,6 +119,7 @@ class Tracker:
             for child in [g for g, m in members.items() if m.root is root]:
                 if child is not root:
                     del members[child]
+                    _thread_of.pop(child, None)
 
     def _trace(self, event: str, args: t.Any) -> None:
         if event == "switch" or event == "throw":
@@ -129,9 +139,13 @@ class Tracker:
                     mt = members[target] = Member(mo.loop, mo.root)
                     children = self.children
                     children[mo.root] = children.get(mo.root, 0) + 1
+                    thread = _thread_of.get(mo.root)
+                    if thread is not None:
+                        _thread_of[target] = thread
                 if origin.dead and origin is not mo.root:
                     # A child that finished goes back to its parent.
                     del members[origin]
+                    _thread_of.pop(origin, None)
                     children = self.children
                     left = children.get(mo.root, 1) - 1
                     if left:
@@ -155,6 +169,7 @@ class Tracker:
                 _swap_current_task(loop, mt.task)
                 mt.task = None
                 mt.installed = True
+                loop._entered(mt)
         previous = self._previous
         if previous is not None:
             previous(event, args)
@@ -167,3 +182,46 @@ def tracker_for(hub: t.Any) -> Tracker:
         tracker = Tracker(hub)
         hub._geventflask_tracker = tracker
     return tracker
+
+
+#: Runner greenlet (or its child) -> the ``threading.Thread`` its code
+#: reports: that of the greenlet that runs the loop.
+_thread_of: dict[greenlet.greenlet, t.Any] = {}
+_threading_current_thread: t.Callable[[], t.Any] | None = None
+
+
+def current_thread() -> t.Any:
+    """``threading.current_thread()``, but the loop's thread in its runners.
+
+    Installed as ``threading.current_thread`` once a hub loop runs in a
+    process whose ``threading`` gevent patched.
+    """
+    thread = _thread_of.get(_getcurrent())
+    if thread is not None:
+        return thread
+    return _threading_current_thread()  # type: ignore[misc]
+
+
+def register_thread(runner: greenlet.greenlet, thread: t.Any) -> None:
+    """*runner* runs code of a loop whose thread is *thread*."""
+    _thread_of[runner] = thread
+
+
+def unregister_thread(runner: greenlet.greenlet) -> None:
+    _thread_of.pop(runner, None)
+
+
+def _report_loop_threads() -> None:
+    global _threading_current_thread
+    if _threading_current_thread is not None:
+        return
+    from gevent import monkey
+
+    if not monkey.is_module_patched("threading"):
+        return  # every greenlet already sees the one real thread
+    import threading
+
+    # threading's own functions look the name up in the module at call
+    # time, so they see this one too.
+    _threading_current_thread = threading.current_thread
+    threading.current_thread = current_thread

@@ -8,7 +8,9 @@ loop run by asyncio.run().
 (b) code between two awaits is not interleaved with other tasks for a wait
     that does not wait (sleep(0), a zero timeout, a poll with timeout 0);
 (c) while any greenlet of the loop is blocked in gevent, the other tasks run
-    and sync greenlets see no running loop.
+    and sync greenlets see no running loop;
+(d) code on the loop sees one thread: that of the greenlet that runs the
+    loop (for a coroutine awaited with await_(), its caller's).
 
 ``spawn_sync`` below is the smallest version of SQLAlchemy's bridge: sync
 code runs in a child greenlet and hands awaitables to its parent, which
@@ -18,6 +20,7 @@ awaits them and switches the results back in.
 import asyncio
 import select
 import sys
+import threading
 import time
 
 import gevent
@@ -173,6 +176,36 @@ def test_a_wait_that_does_not_wait_lets_no_other_task_in(pause):
         assert interleaved == []
 
 
+@pytest.mark.parametrize(
+    "pause",
+    [
+        pytest.param(lambda: gevent.sleep(0), id="gevent.sleep(0)"),
+        pytest.param(lambda: select.poll().poll(0), id="poll(0)"),
+    ],
+)
+def test_first_steps_run_by_many_callers_are_not_interleaved_either(pause):
+    """await_() runs a coroutine's first step in its caller's greenlet; what
+    that step runs up to its first await must not interleave with the
+    loop's tasks or with other callers' first steps."""
+    shared = []
+    interleaved = []
+
+    async def view(n):
+        for _ in range(5):
+            shared.append(n)
+            pause()
+            if shared[-1] != n:
+                interleaved.append(n)
+            shared.pop()
+            await asyncio.sleep(0)
+        return n
+
+    callers = [gevent.spawn(await_, view(n)) for n in range(30)]
+    gevent.joinall(callers, timeout=30)
+    assert [c.value for c in callers] == list(range(30))
+    assert interleaved == []
+
+
 def test_a_wait_that_does_wait_lets_the_others_run():
     async def main():
         order = []
@@ -221,3 +254,52 @@ def test_many_tasks_that_keep_their_greenlet_do_not_deepen_the_stack():
 
     for results in run_both(main):
         assert results == [(n, 3) for n in range(600)]
+
+
+def test_code_on_the_loop_sees_the_thread_that_runs_it():
+    """anyio's portals check threading.current_thread(); stock asyncio's
+    loop code always sees the loop's thread, whatever blocked meanwhile."""
+
+    async def main():
+        me = threading.current_thread()
+        count = threading.active_count()
+        seen = []
+
+        async def blocker():
+            await asyncio.sleep(0)
+            time.sleep(0.05)  # the loop moves to another runner meanwhile
+            seen.append(threading.current_thread())
+
+        def in_a_child():
+            seen.append(threading.current_thread())
+            return await_in_child(asyncio.sleep(0, result="child"))
+
+        blocked = asyncio.create_task(blocker())
+        await asyncio.sleep(0.01)
+        seen.append(threading.current_thread())
+        asyncio.get_running_loop().call_soon(
+            lambda: seen.append(threading.current_thread())
+        )
+        await spawn_sync(in_a_child)
+        await blocked
+        seen.append(threading.current_thread())
+        return me, seen, threading.active_count() - count
+
+    def from_a_named_greenlet():
+        threading.current_thread().name = "loop-owner"
+        me, seen, grown = run_on_own_loop(main)
+        return me.name, [thread.name for thread in seen], grown
+
+    name, names, grown = gevent.spawn(from_a_named_greenlet).get(timeout=10)
+    assert name == "loop-owner"
+    assert names == ["loop-owner"] * 5
+    assert grown <= 0
+
+    # await_(): the coroutine's steps run in the caller's greenlet, which
+    # reports the shared loop's thread while it runs them, as the loop's
+    # other tasks do; outside of them it is itself again.
+    caller = threading.current_thread()
+    me, seen, grown = await_(main())
+    assert all(thread is me for thread in seen)
+    assert me is not caller and grown <= 0  # other greenlets may end meanwhile
+    assert threading.current_thread() is caller
