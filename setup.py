@@ -33,6 +33,17 @@ setup(
             "requests>=2.31",
             "prometheus_client>=0.16",
         ],
+        # Lint and type checks (.ci/lint): ruff, mypy --strict, and what
+        # mypy reads the package against.
+        "dev": [
+            "mypy>=1.10",
+            "ruff>=0.5",
+            "types-gevent",
+            "types-greenlet",
+            "types-gunicorn",
+            "pytest>=8.0",
+            "prometheus_client>=0.16",
+        ],
         "metrics": [
             "prometheus_client>=0.16",
         ],

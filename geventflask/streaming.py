@@ -31,7 +31,7 @@ import weakref
 
 from gevent import get_hub
 
-from . import _compat
+from . import _compat, lifecycle
 from .bridge import HubWaiter
 from .policy import get_loop
 
@@ -286,3 +286,7 @@ async def _aclose(iterator: t.Any) -> None:
 
 #: Bodies whose task has started, for end_all(); each leaves when collected.
 _streaming: weakref.WeakSet[AsyncBodyIterator] = weakref.WeakSet()
+
+# A stopping worker waits for open streams like for in-flight requests, and
+# ends those still streaming at the drain's deadline.
+lifecycle.hold_drain_for(open_count, end_all, what="streaming response(s)")

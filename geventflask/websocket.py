@@ -49,6 +49,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from . import lifecycle
 from .bridge import await_
 
 __all__ = ["AsyncWebSocket", "ConnectionClosed", "Sock", "WebSocket", "close_all"]
@@ -156,7 +157,7 @@ class _Connection:
         self._async_waiters.add(future)
         try:
             await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self._async_waiters.discard(future)
@@ -314,6 +315,12 @@ def close_all(code: int = GOING_AWAY, reason: str = "server shutting down") -> i
     for conn in closing:
         conn.close(code, reason)
     return len(closing)
+
+
+# A stopping worker closes its WebSockets first (with 1001): each stays open
+# until a side closes it, so it would hold the worker for its whole
+# graceful_timeout.
+lifecycle.on_stop(close_all)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
