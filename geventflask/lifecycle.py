@@ -55,6 +55,8 @@ if t.TYPE_CHECKING:
     import asyncio
 
     import gevent
+    from gunicorn.glogging import Logger
+    from gunicorn.workers.ggevent import GeventWorker
 
 __all__ = [
     "GunicornOnStack",
@@ -105,7 +107,7 @@ class GunicornOnStack(t.NamedTuple):
 
     #: The innermost gunicorn gevent worker (``-k gevent`` or
     #: :class:`~geventflask.GeventWorker`) whose code called us, or None.
-    gevent_worker: t.Any
+    gevent_worker: GeventWorker | None
     #: ``"master"`` while a gunicorn arbiter runs this code, ``"worker"`` in
     #: a process it forked, None outside gunicorn.
     role: str | None
@@ -433,7 +435,7 @@ def _shut_down_at_exit() -> None:
 # Hosting: a gunicorn worker that serves us
 
 
-def serve(worker: t.Any, run: t.Callable[[], None]) -> None:
+def serve(worker: GeventWorker, run: t.Callable[[], None]) -> None:
     """Run the ``before_serving`` hooks, *run* the gunicorn *worker*'s
     server until it stops, then drain and run the ``after_serving`` hooks
     within its ``graceful_timeout``."""
@@ -468,9 +470,9 @@ class _Heartbeat:
     not), and draining may take up to ``graceful_timeout``.
     """
 
-    def __init__(self, worker: t.Any) -> None:
+    def __init__(self, worker: GeventWorker) -> None:
         self._worker = worker
-        self._greenlet: t.Any = None
+        self._greenlet: gevent.Greenlet[[], None] | None = None
 
     def __enter__(self) -> None:
         import gevent
@@ -499,7 +501,7 @@ def adopt_worker_on_stack() -> None:
         adopt(worker)
 
 
-def adopt(worker: t.Any) -> None:
+def adopt(worker: GeventWorker) -> None:
     """Give gunicorn's plain gevent *worker* what
     :class:`~geventflask.GeventWorker` does besides patching: the
     ``before_serving`` hooks before it serves (if it has not started yet),
@@ -511,7 +513,7 @@ def adopt(worker: t.Any) -> None:
     global _draining_enabled
     if getattr(worker, "_geventflask_adopted", False):
         return
-    worker._geventflask_adopted = True
+    worker._geventflask_adopted = True  # type: ignore[attr-defined]  # our mark
     _draining_enabled = True
     route_logs_to(worker.log)
     graceful_timeout = float(worker.cfg.graceful_timeout)
@@ -526,7 +528,10 @@ def adopt(worker: t.Any) -> None:
             serve(worker, serve_requests)
 
         # init_process() calls self.run() right after loading the app.
-        worker.run = run
+        worker.run = run  # type: ignore[method-assign]
+
+
+_SignalHandler = t.Callable[[int, "types.FrameType | None"], None]
 
 
 def _chain_stop_signals(graceful_timeout: float, timeout: float) -> None:
@@ -534,8 +539,8 @@ def _chain_stop_signals(graceful_timeout: float, timeout: float) -> None:
     (what GeventWorker learns from its own ``alive``, ``handle_quit`` and
     ``handle_abort``)."""
 
-    def chain(signum: int, previous: t.Any) -> t.Callable[[int, t.Any], None]:
-        def note(received: int, frame: t.Any) -> None:
+    def chain(signum: int, previous: t.Any) -> _SignalHandler:
+        def note(received: int, frame: types.FrameType | None) -> None:
             note_stop(graceful_timeout, quick=signum != signal.SIGTERM)
             if signum == signal.SIGABRT:
                 warn_worker_timeout(timeout, frame)
@@ -572,7 +577,7 @@ def warn_worker_timeout(timeout: float, frame: types.FrameType | None) -> None:
     )
 
 
-def route_logs_to(log: t.Any) -> None:
+def route_logs_to(log: Logger) -> None:
     """Send geventflask's and asyncio's records to gunicorn's error log,
     unless the application configured those loggers itself."""
     handlers = getattr(getattr(log, "error_log", None), "handlers", None)

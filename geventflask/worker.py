@@ -61,16 +61,21 @@ import gc
 import os
 import typing as t
 
-from gunicorn.workers.ggevent import (  # type: ignore[import-untyped]
-    GeventWorker as _GunicornGeventWorker,
-)
+from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
 from . import lifecycle
+
+if t.TYPE_CHECKING:
+    import types
+
+    from gevent.socket import socket
+
+    from .connection import ConnectionLoop
 
 __all__ = ["GeventWorker", "gc_threshold_setting", "tune_gc"]
 
 
-class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
+class GeventWorker(_GunicornGeventWorker):
     """gunicorn's gevent worker, plus geventflask's patching and shutdown.
 
     * Patches with :func:`geventflask.patch` in the worker, after fork; the
@@ -127,12 +132,12 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
             lifecycle.note_stop(self.cfg.graceful_timeout)
         self._alive = value
 
-    def handle_quit(self, sig: int, frame: t.Any) -> None:
+    def handle_quit(self, sig: int, frame: types.FrameType | None) -> None:
         # SIGQUIT / SIGINT: the master wants a quick stop, not a drain.
         lifecycle.note_stop(self.cfg.graceful_timeout, quick=True)
         super().handle_quit(sig, frame)
 
-    def handle_abort(self, sig: int, frame: t.Any) -> None:
+    def handle_abort(self, sig: int, frame: types.FrameType | None) -> None:
         # SIGABRT: the master found this worker silent for --timeout seconds,
         # and sends SIGKILL next. Cancel, don't drain, and say what blocked.
         lifecycle.note_stop(self.cfg.graceful_timeout, quick=True)
@@ -158,14 +163,14 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
 
     #: Serves plain HTTP/1.x connections (see :mod:`geventflask.connection`);
     #: None while gunicorn's own loop serves them.
-    connection_loop: t.Any = None
+    connection_loop: ConnectionLoop | None = None
 
-    def handle(self, listener: t.Any, client: t.Any, addr: t.Any) -> None:
+    def handle(self, listener: socket, client: socket, addr: t.Any) -> None:
         serving = self.connection_loop
         if serving is None:
             super().handle(listener, client, addr)
             return
-        client.setblocking(1)
+        client.setblocking(True)
         serving.serve(listener, client, addr)
 
     def run(self) -> None:
@@ -206,9 +211,10 @@ def tune_gc(threshold: int | None) -> None:
     loaded at startup.
 
     Every request in flight holds many objects, so Python's default trigger
-    (a collection every 700 net allocations) ran all the time: 15-25 % of a
-    worker's CPU under load in our benchmarks. A threshold of 10,000 keeps
-    memory flat (RSS growth over 50,000 requests is unchanged), and
+    (a collection every 700 net allocations) runs all the time under load;
+    ``GEVENTFLASK_GC_THRESHOLD=default python -m benchmarks.run`` against
+    the same run without it shows the cost. A threshold of 10,000 keeps
+    memory flat (``python -m benchmarks.soak`` fails when RSS grows), and
     ``gc.freeze()`` takes the app's own objects out of every scan (and out
     of copy-on-write page faults after fork). None keeps Python's settings.
     """
@@ -220,7 +226,7 @@ def tune_gc(threshold: int | None) -> None:
     gc.set_threshold(threshold, *older)
 
 
-def _connection_loop_for(worker: t.Any) -> t.Any:
+def _connection_loop_for(worker: _GunicornGeventWorker) -> ConnectionLoop | None:
     """geventflask's connection loop, unless a setting needs gunicorn's."""
     from .connection import ConnectionLoop, unsupported_setting
 
