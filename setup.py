@@ -44,6 +44,17 @@ setup(
             "opentelemetry-api>=1.20",
             "opentelemetry-sdk>=1.20",
         ],
+        # Lint and type checks (.ci/lint): ruff, mypy --strict, and what
+        # mypy reads the package against.
+        "dev": [
+            "mypy>=1.10",
+            "ruff>=0.5",
+            "types-gevent",
+            "types-greenlet",
+            "types-gunicorn",
+            "pytest>=8.0",
+            "prometheus_client>=0.16",
+        ],
         "metrics": [
             "prometheus_client>=0.16",
         ],

@@ -14,7 +14,10 @@ In one gevent-patched process, with no HTTP server in the way, it times:
   registered: the difference from the plain app is what the extension's
   per-request hooks cost;
 * the same async request with Flask's documented gevent recipe
-  (``run_coroutine_threadsafe`` to a stock loop in a greenlet), for scale.
+  (``run_coroutine_threadsafe`` to a stock loop in a greenlet), for scale;
+* a streamed response body, per chunk: an async generator as
+  :mod:`geventflask.streaming` serves it (one task for the whole body), the
+  same generator pulled by one ``await_()`` per chunk, and a sync generator.
 
 Times are CPU time of this process (``time.process_time``), so another
 program on the same core slows the figures less than it would wall time;
@@ -155,6 +158,7 @@ def measure(n: int) -> dict[str, float]:
         figures["recipe: Flask request, async view"] = per_call_us(
             wsgi_caller(recipe, "/ahello"), n
         )
+        figures.update(chunk_us(n))
 
     gevent.spawn(in_greenlet).get()
     sync = figures["Flask request, sync view"]
@@ -186,6 +190,48 @@ def sync_to_async_us(n: int) -> float:
         return (time.process_time() - started) / n * 1e6
 
     return min(geventflask.await_(calls()) for _ in range(3))
+
+
+def chunk_us(n: int) -> dict[str, float]:
+    """CPU microseconds per chunk of an *n*-chunk response body, iterated as
+    a WSGI server does, from the calling greenlet."""
+    import geventflask
+    from geventflask.streaming import AsyncBodyIterator
+
+    async def chunks() -> t.AsyncIterator[bytes]:
+        for _ in range(n):
+            yield b"x"
+
+    def sync_chunks() -> t.Iterator[bytes]:
+        for _ in range(n):
+            yield b"x"
+
+    async def next_chunk(body: t.AsyncIterator[bytes]) -> bytes:
+        return await anext(body)
+
+    def one_task() -> None:
+        body = AsyncBodyIterator(chunks())
+        for _ in body:
+            pass
+        body.close()
+
+    def await_each() -> None:
+        body = chunks()
+        for _ in range(n):
+            geventflask.await_(next_chunk(body))
+
+    def sync_body() -> None:
+        for _ in sync_chunks():
+            pass
+
+    return {
+        f"body chunk: {name}": per_call_us(whole, 1) / n
+        for name, whole in (
+            ("async generator, one task", one_task),
+            ("await_() per chunk", await_each),
+            ("sync generator", sync_body),
+        )
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

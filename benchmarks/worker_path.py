@@ -34,15 +34,12 @@ import gevent  # noqa: E402
 HELLO = b"Hello, World!"
 REQUEST = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: bench\r\n\r\n"
 CANNED = (
-    b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n"
-    + HELLO
+    b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n" + HELLO
 )
 
 
 def bare_app(environ: dict, start_response: t.Callable) -> list[bytes]:
-    start_response(
-        "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")]
-    )
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
     return [HELLO]
 
 

@@ -62,7 +62,7 @@ def events():
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), HEARTBEAT)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     event = ": keep-alive\n\n"
                 yield event
         finally:

@@ -1,15 +1,31 @@
 """geventflask: async Flask views on one gevent-backed asyncio loop per worker.
 
-Layering, strict from bottom to top (each layer imports only those below):
+Layering, strict from bottom to top: each module imports (at load or inside
+a function) only modules of the layers listed before its own, so there is no
+import cycle; ``tests/test_layering.py`` reads this list and checks it.
 
 * ``_compat``: the only place that touches CPython's private asyncio state.
+* ``loop_greenlets``: which greenlets run a loop's code (one tracer per hub).
 * ``loop``: :class:`HubEventLoop`; never imports Flask.
 * ``policy``: :func:`get_loop` (one shared loop per hub) and the policy.
 * ``bridge``: ``await_``, ``async_to_sync``, ``sync_to_async``.
-* ``shutdown``: draining background tasks when a worker stops.
-* ``flask_hooks``, ``extension``, ``websocket``, ``cli``, ``templating``,
-  ``worker``, ``pytest_plugin``: Flask, gunicorn and pytest facing; they
-  use only the public names of the layers below.
+* ``lifecycle``: one process's serving life: the apps served and their
+  hooks, the stop clock, stop callbacks, the drain, and hosting by a
+  gunicorn worker. Loads only the standard library until used.
+* ``monitor``, ``streaming``, ``websocket``, ``templating``, ``connection``:
+  blocking detection, async response bodies, WebSockets, async templates,
+  and the worker's HTTP/1.x connection loop. ``streaming`` and
+  ``websocket`` register with ``lifecycle`` what a stop must end.
+* ``flask_hooks``: every Flask app's coroutine handlers, async bodies and
+  ``async def`` commands on the hub loop.
+* ``patching``: :func:`patch` and :func:`is_patched`; imports nothing heavy
+  at load, the layers below only inside :func:`patch`.
+* ``health``: the health probe and gauges.
+* ``extension``: :class:`GeventFlask`, per-app settings and serving hooks.
+* ``cli``, ``worker``, ``pytest_plugin``: the dev server, the gunicorn
+  worker and the pytest plugin; they drive the serving life through
+  ``lifecycle``, which never calls back up.
+* ``__main__``: ``python -m geventflask``.
 
 Importing this package runs nothing but :mod:`geventflask.patching`: importing
 asyncio or gunicorn before gevent patches threading leaves their locks

@@ -6,14 +6,13 @@
   behave in development as under ``gunicorn -k geventflask.GeventWorker``.
   ``python -m geventflask`` is Flask's own command line otherwise (``routes``,
   ``shell``, the app's commands), gevent-patched before Flask is imported.
-* :func:`install` lets ``@app.cli.command()`` decorate an ``async def``: the
-  command runs on the shared hub loop, inside the app context.
+* :func:`install` (which :func:`geventflask.patch` does too) lets
+  ``@app.cli.command()`` decorate an ``async def``: the command runs on the
+  shared hub loop, inside the app context.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import signal
 import socket
@@ -24,58 +23,19 @@ import click
 from flask.cli import FlaskGroup, ScriptInfo, pass_script_info
 from flask.helpers import get_debug_flag
 
-__all__ = ["install", "main", "run_command", "run_coroutine_command"]
+from . import lifecycle
 
-F = t.TypeVar("F", bound=t.Callable[..., t.Any])
-
-
-def run_coroutine_command(
-    fn: t.Callable[..., t.Awaitable[t.Any]],
-) -> t.Callable[..., t.Any]:
-    """Turn an ``async def`` command callback into the sync one click calls.
-
-    The coroutine runs on the shared hub loop (:func:`geventflask.get_loop`)
-    in a copy of the caller's context, so the app context Flask pushed
-    (``current_app``, ``g``) is visible inside it.
-    """
-    from .bridge import await_
-
-    @functools.wraps(fn)
-    def run(*args: t.Any, **kwargs: t.Any) -> t.Any:
-        return await_(fn(*args, **kwargs), name=getattr(fn, "__qualname__", None))
-
-    return run
+__all__ = ["install", "main", "run_command"]
 
 
 def install() -> None:
-    """Let :meth:`flask.cli.AppGroup.command` (``app.cli``, ``bp.cli``)
-    decorate ``async def`` callbacks. Idempotent.
+    """Let ``@app.cli.command()`` decorate ``async def`` callbacks (see
+    :func:`geventflask.flask_hooks.install_async_commands`). Idempotent."""
+    # Imported here: the 'flask' command loads this module, through its
+    # plugin entry point, before anything is patched.
+    from .flask_hooks import install_async_commands
 
-    click calls a command's callback and ignores what it returns, so an
-    ``async def`` command would silently do nothing. Flask has no hook for
-    this, so the decorator itself is wrapped: coroutine functions become
-    :func:`run_coroutine_command` callbacks before Flask adds its app
-    context; everything else passes through unchanged.
-    """
-    from flask.cli import AppGroup
-
-    original = AppGroup.command
-    if getattr(original, "_geventflask", False):
-        return
-
-    @functools.wraps(original)
-    def command(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        register = original(self, *args, **kwargs)
-
-        def decorator(fn: t.Callable[..., t.Any]) -> t.Any:
-            if inspect.iscoroutinefunction(fn):
-                fn = run_coroutine_command(fn)
-            return register(fn)
-
-        return decorator
-
-    command._geventflask = True  # type: ignore[attr-defined]
-    AppGroup.command = command  # type: ignore[method-assign]
+    install_async_commands()
 
 
 # The dev server
@@ -121,8 +81,6 @@ def serve(
     import gevent
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
-    from .extension import start_all
-
     handler_class = type("DevHandler", (_DevHandler, WSGIHandler), {})
     wsgi_app = app
     if debugger:
@@ -133,7 +91,7 @@ def serve(
     server = WSGIServer((host, port), wsgi_app, handler_class=handler_class)
     server.init_socket()
     gevent.signal_handler(signal.SIGTERM, _stopper(server))
-    start_all()
+    lifecycle.start_all()
     if ready is not None:
         ready(server)
     try:
@@ -145,9 +103,7 @@ def serve(
 def _stopper(server: t.Any) -> t.Callable[[], None]:
     def stop() -> None:
         # Open WebSockets would otherwise keep server.stop() waiting.
-        from .websocket import close_all
-
-        close_all()
+        lifecycle.notify_stop()
         server.stop(timeout=10)
 
     return stop
@@ -223,7 +179,7 @@ def _patch_late() -> None:
     # gunicorn worker, so the "ssl imported too early" warning does not apply.
     from .patching import _patch
 
-    _patch({}, in_worker=True)
+    _patch({}, by_server=True)
     install()
 
 

@@ -1,13 +1,13 @@
 """The worker's HTTP/1.1 connection loop: gunicorn's request rules, fewer layers.
 
-Why this exists: profiled under load, gunicorn's gevent worker spent more
-time around a hello-world request than Flask spent inside it. Little of
-that was parsing (gunicorn parses with the ``gunicorn_h1c`` C parser);
-most was work repeated on every request of a keep-alive connection: some
-25 lookups in gunicorn's config object, a new ``gevent.Timeout``, an
-``ipaddress`` parse of the peer to decide whether it may set
-``X-Forwarded-*``, a new ``wsgi.errors`` wrapper, and the status line and
-the body leaving in two ``send`` calls.
+Why this exists: gunicorn's gevent worker does work around each request
+of a keep-alive connection that the request does not need: some 25
+lookups in gunicorn's config object, an ``ipaddress`` parse of the peer to
+decide whether it may set ``X-Forwarded-*``, a new ``wsgi.errors``
+wrapper, and the status line and the body leaving in two ``send`` calls.
+What that costs next to this loop, per request: ``python -m
+benchmarks.worker_path --app bare`` (the ``gunicorn`` and ``geventflask``
+lines).
 
 What stays gunicorn's, called rather than rewritten, so that behaviour and
 security rules are those of ``-k gevent``: the request parser and its
@@ -18,8 +18,8 @@ header checks and framing, the error pages, the access log, the
 ``pre_request``/``post_request`` hooks and ``max_requests``.
 
 What changes: settings are read once per worker, the peer's trust once per
-connection; one keep-alive timer serves the whole connection; a response
-of known length sends its headers together with its first body bytes.
+connection; a response of known length sends its headers together with
+its first body bytes.
 
 Connections this loop does not speak (TLS, HTTP/2, the PROXY protocol,
 uwsgi, or settings that need gunicorn's Python parser) are served by
@@ -31,20 +31,23 @@ from __future__ import annotations
 import errno
 import os
 import ssl
-import sys
 import time
 import typing as t
 from datetime import datetime
 
 import gevent
-from gunicorn import util  # type: ignore[import-untyped]
-from gunicorn.http import wsgi  # type: ignore[import-untyped]
-from gunicorn.http.errors import (  # type: ignore[import-untyped]
+from gunicorn import util
+from gunicorn.http import wsgi
+from gunicorn.http.errors import (
     ConfigurationProblem,
     NoMoreData,
 )
-from gunicorn.http.message import Request  # type: ignore[import-untyped]
-from gunicorn.http.parser import RequestParser  # type: ignore[import-untyped]
+from gunicorn.http.message import Request
+from gunicorn.http.parser import RequestParser
+
+if t.TYPE_CHECKING:
+    from gunicorn.config import Config
+    from gunicorn.workers.ggevent import GeventWorker
 
 __all__ = ["ConnectionLoop", "unsupported_setting"]
 
@@ -52,7 +55,7 @@ __all__ = ["ConnectionLoop", "unsupported_setting"]
 _PYTHON_PARSER_FLAGS = ("permit_obsolete_folding", "strip_header_spaces")
 
 
-def unsupported_setting(cfg: t.Any) -> str | None:
+def unsupported_setting(cfg: Config) -> str | None:
     """The setting in *cfg* that needs gunicorn's own connection loop, or
     None when :class:`ConnectionLoop` can serve every connection."""
     if cfg.is_ssl:
@@ -96,9 +99,10 @@ def _gunicorn_has_the_parts() -> bool:
 class _Settings:
     """What a request needs from gunicorn's config, read once per worker."""
 
-    def __init__(self, cfg: t.Any) -> None:
-        #: What gunicorn's request and response code reads as ``cfg``.
-        self.cfg = _SettledConfig(cfg)
+    def __init__(self, cfg: Config) -> None:
+        #: What gunicorn's request and response code reads as ``cfg``
+        #: (duck-typed: that code only reads its attributes).
+        self.cfg = t.cast("Config", _SettledConfig(cfg))
         self.keepalive = cfg.keepalive
         self.pre_request = cfg.pre_request
         self.post_request = cfg.post_request
@@ -106,7 +110,7 @@ class _Settings:
         #: config before it reads anything (limits, scheme, parser choice),
         #: computed by that constructor itself.
         self.request_fields = _request_fields(self.cfg)
-        environ = wsgi.base_environ(cfg)
+        environ = dict(wsgi.base_environ(cfg))
         environ["wsgi.multithread"] = True  # as gunicorn's async workers say
         #: Copied for each request (gunicorn builds it, and a new
         #: ``wsgi.errors`` wrapper, every time).
@@ -121,7 +125,7 @@ class _SettledConfig:
     request through ``Config.__getattr__``.
     """
 
-    def __init__(self, cfg: t.Any) -> None:
+    def __init__(self, cfg: Config) -> None:
         self._cfg = cfg
 
     def __getattr__(self, name: str) -> t.Any:
@@ -130,27 +134,34 @@ class _SettledConfig:
         return value
 
 
-def _request_fields(cfg: t.Any) -> dict[str, t.Any]:
+def _request_fields(cfg: Config) -> dict[str, t.Any]:
     """The instance attributes of a gunicorn ``Request`` whose constructor
     ran up to the point where it would read from the connection."""
 
     class _Stop(Exception):
         pass
 
-    class _Probe(Request):  # type: ignore[misc]
+    class _Probe(Request):
         def parse(self, unreader: t.Any) -> bytes:
             raise _Stop(self)
 
+    no_reader: t.Any = None  # parse() stops before anything is read
     try:
-        _Probe(cfg, None, ("127.0.0.1", 0))
+        _Probe(cfg, no_reader, ("127.0.0.1", 0))
     except _Stop as stop:
         return dict(vars(stop.args[0]))
     raise AssertionError("gunicorn's Request did not parse")
 
 
-class _Request(Request):  # type: ignore[misc]
+class _Request(Request):
     """gunicorn's request, minus the per-request setup :class:`_Settings`
     has done once, with the peer's trust decided by the connection."""
+
+    # Set by parse(), which the constructor runs.
+    version: tuple[int, int]
+    path: str
+    # gunicorn 27 parts that its type stubs (26.2) do not have yet.
+    _expected_100_continue: bool
 
     def __init__(
         self,
@@ -174,7 +185,7 @@ class _Request(Request):  # type: ignore[misc]
 
     def _peer_is_trusted_proxy(self) -> bool:
         if self._trusted is None:
-            self._trusted = bool(super()._peer_is_trusted_proxy())
+            self._trusted = bool(super()._peer_is_trusted_proxy())  # type: ignore[misc]
         return self._trusted
 
 
@@ -189,12 +200,13 @@ class _Capture:
         self.data += data
 
 
-class _Response(wsgi.Response):  # type: ignore[misc]
+class _Response(wsgi.Response):
     """gunicorn's response, sending the headers of a response of known
     length in the same ``send`` as its first body bytes (a hello world is
     then one packet, not two)."""
 
     sock: t.Any
+    req: _Request
     _held = b""
     _holding = False
 
@@ -243,7 +255,7 @@ class _Response(wsgi.Response):  # type: ignore[misc]
     def _emit_body(self, data: bytes) -> None:
         if self.chunked:
             self._flush()
-            super()._emit_body(data)
+            super()._emit_body(data)  # type: ignore[misc]  # gunicorn 27
             return
         if self._held:
             data, self._held = self._held + data, b""
@@ -282,7 +294,7 @@ class ConnectionLoop:
     """Serves the HTTP/1.x requests of one worker's connections, as
     gunicorn's ``AsyncWorker.handle`` and ``handle_request`` do."""
 
-    def __init__(self, worker: t.Any) -> None:
+    def __init__(self, worker: GeventWorker) -> None:
         self.worker = worker
         self.settings = _Settings(worker.cfg)
 
@@ -298,7 +310,9 @@ class ConnectionLoop:
             trusted = None
             while True:
                 if parser.mesg is not None and (
-                    parser.mesg.should_close() or not parser.finish_body()
+                    parser.mesg.should_close()
+                    # gunicorn 27: whether the body was read to its end.
+                    or not parser.finish_body()  # type: ignore[func-returns-value]
                 ):
                     break
                 parser.req_count += 1
@@ -321,8 +335,8 @@ class ConnectionLoop:
                     break
         except NoMoreData as exc:
             worker.log.debug("Ignored premature client disconnection. %s", exc)
-        except ssl.SSLError:
-            worker.handle_error(req, client, addr, sys.exc_info()[1])
+        except ssl.SSLError as exc:
+            worker.handle_error(req, client, addr, exc)
         except OSError as exc:
             _log_socket_error(worker.log, exc)
         except BaseException as exc:  # noqa: BLE001 - gunicorn answers these
@@ -350,7 +364,8 @@ class ConnectionLoop:
                 worker.alive = False
             if not worker.alive or not settings.keepalive:
                 resp.force_close()
-            respiter = worker.wsgi(environ, resp.start_response)
+            # The stubs' WSGI app type leaves out start_response's exc_info.
+            respiter = worker.wsgi(environ, resp.start_response)  # type: ignore[arg-type]
             if worker.is_already_handled(respiter):
                 return False  # the app took the socket (a WebSocket)
             try:
@@ -453,7 +468,9 @@ def _create(
         path_info = path_info[len(script_name) :]
     environ["PATH_INFO"] = util.unquote_to_wsgi_str(path_info)
     environ["SCRIPT_NAME"] = script_name
-    environ["wsgi.early_hints"] = wsgi._make_early_hints_callback(req, sock, resp)
+    environ["wsgi.early_hints"] = wsgi._make_early_hints_callback(  # type: ignore[attr-defined]  # gunicorn 27
+        req, sock, resp
+    )
     return resp, environ
 
 

@@ -9,7 +9,7 @@ after fork.
 :class:`~geventflask.GeventWorker` runs the hooks itself. Under gunicorn's
 own ``-k gevent`` worker the extension finds the worker when the app is
 loaded and gives it the same startup and shutdown
-(:func:`geventflask.worker.adopt`). Elsewhere (``--preload``, another
+(:func:`geventflask.lifecycle.adopt`). Elsewhere (``--preload``, another
 server) the ``before_serving`` hooks run before the first request and the
 ``after_serving`` hooks at interpreter exit.
 """
@@ -17,15 +17,12 @@ server) the ``before_serving`` hooks run before the first request and the
 from __future__ import annotations
 
 import inspect
-import logging
 import os
-import sys
 import typing as t
-import weakref
+
+from . import lifecycle
 
 __all__ = ["GeventFlask"]
-
-logger = logging.getLogger("geventflask")
 
 Hook = t.Callable[[], t.Any]
 H = t.TypeVar("H", bound=Hook)
@@ -35,7 +32,7 @@ DEFAULTS: dict[str, t.Any] = {
     # Seconds a stopping process waits for background tasks before cancelling
     # them when no gunicorn graceful_timeout applies: another server, or
     # -k gevent with patch() alone (no extension to find the worker).
-    "GEVENTFLASK_SHUTDOWN_TIMEOUT": 30.0,
+    "GEVENTFLASK_SHUTDOWN_TIMEOUT": lifecycle.SHUTDOWN_TIMEOUT,
     # Run before_serving hooks before the first request when no
     # GeventWorker ran them at startup.
     "GEVENTFLASK_SERVE_HOOKS_ON_FIRST_REQUEST": True,
@@ -57,8 +54,6 @@ DEFAULTS: dict[str, t.Any] = {
     # The probe answers 503 while the loop lag exceeds this many seconds.
     "GEVENTFLASK_HEALTH_MAX_LAG": None,
 }
-
-_extensions: weakref.WeakSet[GeventFlask] = weakref.WeakSet()
 
 
 class GeventFlask:
@@ -98,8 +93,10 @@ class GeventFlask:
         app.extensions["geventflask"] = self
         self.app = app
         app.before_request(self._serve_before_first_request)
-        _extensions.add(self)
-        _adopt_gunicorn_worker()
+        lifecycle.register(self)
+        # Under gunicorn's -k gevent, give its worker geventflask's startup
+        # and shutdown (see geventflask.lifecycle.adopt).
+        lifecycle.adopt_worker_on_stack()
         from . import health
 
         health.init_app(app)
@@ -113,6 +110,15 @@ class GeventFlask:
         """Register *fn* to run once per worker when it stops serving."""
         self._after_serving.append(fn)
         return fn
+
+    @property
+    def shutdown_timeout(self) -> float | None:
+        """Seconds a stopping process waits for background tasks when no
+        gunicorn ``graceful_timeout`` applies (``GEVENTFLASK_SHUTDOWN_TIMEOUT``),
+        or None before :meth:`init_app`."""
+        if self.app is None:
+            return None
+        return float(self.app.config["GEVENTFLASK_SHUTDOWN_TIMEOUT"])
 
     @property
     def serving(self) -> bool:
@@ -160,7 +166,7 @@ class GeventFlask:
             not self.serving
             and self.app.config["GEVENTFLASK_SERVE_HOOKS_ON_FIRST_REQUEST"]
         ):
-            _adopt_gunicorn_worker()
+            lifecycle.adopt_worker_on_stack()
             self.start_serving()
         # Serving, or told not to serve here: nothing is left for this hook
         # to do in this process, so the requests that follow do not pay for
@@ -189,43 +195,9 @@ class GeventFlask:
 def _rearm_after_fork() -> None:
     """A forked child serves on its own: give it back the hook that runs the
     ``before_serving`` hooks before its first request."""
-    for ext in list(_extensions):
-        ext._set_serving_hook(armed=True)
+    for ext in lifecycle.served():
+        if isinstance(ext, GeventFlask):
+            ext._set_serving_hook(armed=True)
 
 
 os.register_at_fork(after_in_child=_rearm_after_fork)
-
-
-def _adopt_gunicorn_worker() -> None:
-    """Under gunicorn's ``-k gevent``, give its worker geventflask's startup
-    and shutdown (see :func:`geventflask.worker.adopt`)."""
-    if "gunicorn.workers.ggevent" not in sys.modules:
-        return  # not in a gunicorn gevent worker; importing gunicorn is not ours to do
-    from .worker import adopt_worker_on_stack
-
-    adopt_worker_on_stack()
-
-
-def start_all() -> None:
-    """Run the before-serving hooks of every registered extension."""
-    for ext in list(_extensions):
-        ext.start_serving()
-
-
-def stop_all() -> None:
-    """Run the after-serving hooks of every extension that started serving."""
-    for ext in list(_extensions):
-        try:
-            ext.stop_serving()
-        except Exception:
-            logger.exception("after_serving hook of %r failed", ext.app)
-
-
-def configured_shutdown_timeout() -> float:
-    """The largest ``GEVENTFLASK_SHUTDOWN_TIMEOUT`` of the registered apps."""
-    timeouts = [
-        float(ext.app.config["GEVENTFLASK_SHUTDOWN_TIMEOUT"])
-        for ext in list(_extensions)
-        if ext.app is not None
-    ]
-    return max(timeouts, default=DEFAULTS["GEVENTFLASK_SHUTDOWN_TIMEOUT"])

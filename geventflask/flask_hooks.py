@@ -16,17 +16,29 @@ Both are public methods, replaced on :class:`flask.Flask` itself rather than
 through a subclass, so apps that subclass Flask (and extensions that do) get
 them too; a subclass that overrides either and calls ``super()`` keeps
 them. Flask internals are never touched.
+
+Commands are handlers too: ``@app.cli.command()`` may decorate an ``async
+def``, which then runs on the hub loop inside the app context
+(:func:`install_async_commands`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import types
 import typing as t
 
-from .bridge import async_to_sync
+from .bridge import async_to_sync, await_
 from .streaming import is_async_body, stream_async_body
 
-__all__ = ["install", "make_response_streaming_async", "run_on_hub_loop"]
+__all__ = [
+    "install",
+    "install_async_commands",
+    "make_response_streaming_async",
+    "run_coroutine_command",
+    "run_on_hub_loop",
+]
 
 
 def run_on_hub_loop(
@@ -104,13 +116,62 @@ _installed = False
 
 def install() -> None:
     """Make every :class:`flask.Flask`, and each subclass that keeps the
-    hooks, run coroutine handlers on the hub loop and stream async bodies."""
+    hooks, run coroutine handlers on the hub loop and stream async bodies;
+    then let app commands be ``async def`` (:func:`install_async_commands`)."""
     global _installed, _flask_make_response
-    if _installed:
-        return
-    import flask
+    if not _installed:
+        import flask
 
-    flask.Flask.async_to_sync = run_on_hub_loop  # type: ignore[method-assign]
-    _flask_make_response = flask.Flask.make_response
-    flask.Flask.make_response = make_response_streaming_async  # type: ignore[method-assign]
-    _installed = True
+        flask.Flask.async_to_sync = run_on_hub_loop  # type: ignore[method-assign]
+        _flask_make_response = flask.Flask.make_response
+        flask.Flask.make_response = make_response_streaming_async  # type: ignore[method-assign]
+        _installed = True
+    install_async_commands()
+
+
+def run_coroutine_command(
+    fn: t.Callable[..., t.Awaitable[t.Any]],
+) -> t.Callable[..., t.Any]:
+    """Turn an ``async def`` command callback into the sync one click calls.
+
+    The coroutine runs on the shared hub loop (:func:`geventflask.get_loop`)
+    in a copy of the caller's context, so the app context Flask pushed
+    (``current_app``, ``g``) is visible inside it.
+    """
+
+    @functools.wraps(fn)
+    def run(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        return await_(fn(*args, **kwargs), name=getattr(fn, "__qualname__", None))
+
+    return run
+
+
+def install_async_commands() -> None:
+    """Let :meth:`flask.cli.AppGroup.command` (``app.cli``, ``bp.cli``)
+    decorate ``async def`` callbacks. Idempotent.
+
+    click calls a command's callback and ignores what it returns, so an
+    ``async def`` command would silently do nothing. Flask has no hook for
+    this, so the decorator itself is wrapped: coroutine functions become
+    :func:`run_coroutine_command` callbacks before Flask adds its app
+    context; everything else passes through unchanged.
+    """
+    from flask.cli import AppGroup
+
+    original = AppGroup.command
+    if getattr(original, "_geventflask", False):
+        return
+
+    @functools.wraps(original)
+    def command(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        register = original(self, *args, **kwargs)
+
+        def decorator(fn: t.Callable[..., t.Any]) -> t.Any:
+            if inspect.iscoroutinefunction(fn):
+                fn = run_coroutine_command(fn)
+            return register(fn)
+
+        return decorator
+
+    command._geventflask = True  # type: ignore[attr-defined]
+    AppGroup.command = command  # type: ignore[method-assign]

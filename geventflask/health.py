@@ -317,10 +317,9 @@ class HealthMiddleware:
         process = _this_process()
         if not self.metrics:
             return
-        from .worker import gunicorn_worker_on_stack
+        from .lifecycle import gunicorn_on_stack
 
-        worker = gunicorn_worker_on_stack()
-        log = getattr(worker, "log", None)
+        log = getattr(gunicorn_on_stack().gevent_worker, "log", None)
         if hasattr(log, "gauge") and not any(
             isinstance(e, _Statsd) for e in process.exporters
         ):

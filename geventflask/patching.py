@@ -8,10 +8,8 @@ asyncio and Flask are imported inside :func:`patch`.
 
 from __future__ import annotations
 
-import atexit
 import os
 import sys
-import types
 import typing as t
 import warnings
 
@@ -60,20 +58,23 @@ def patch(**patch_all_kwargs: t.Any) -> None:
 
     .. versionadded:: 0.1
     """
-    _patch(patch_all_kwargs, in_worker=False)
+    _patch(patch_all_kwargs, by_server=False)
 
 
-def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
-    """patch(); *in_worker* is True when a gunicorn worker calls it, right
-    after fork (GeventWorker, or the fork hook a preloading master leaves),
-    where gunicorn's own earlier import of ``ssl`` is expected and gevent
-    patches that module in place."""
+def _patch(patch_all_kwargs: dict[str, t.Any], *, by_server: bool) -> None:
+    """patch(); *by_server* is True when the server that serves this
+    process calls it (GeventWorker or the fork hook a preloading master
+    leaves, right after fork; ``python -m geventflask``), not the app: the
+    process is not a gunicorn master, and the server's own earlier import of
+    ``ssl`` is expected (gevent patches that module in place)."""
     global _patched, _deferred_to_fork
     if _patched:
         return
     _refuse_free_threaded()
-    role = _gunicorn_role()
-    if not in_worker and role == "master":
+    from . import lifecycle
+
+    role = lifecycle.gunicorn_on_stack().role
+    if not by_server and role == "master":
         if not _deferred_to_fork:
             warnings.warn(
                 "geventflask.patch() was called in the gunicorn master (as when"
@@ -92,7 +93,7 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
             _deferred_to_fork = True
         return
     # In a worker, ssl was imported by gunicorn itself, before any app code.
-    _warn_if_too_late(check_ssl=not in_worker and role != "worker")
+    _warn_if_too_late(check_ssl=not by_server and role != "worker")
 
     from gevent import monkey
 
@@ -111,22 +112,17 @@ def _patch(patch_all_kwargs: dict[str, t.Any], *, in_worker: bool) -> None:
 
         _compat.set_event_loop_policy(EventLoopPolicy())
 
-    from . import cli, flask_hooks
-    from .shutdown import shut_down_at_exit
+    from . import flask_hooks
 
-    flask_hooks.install()
-    cli.install()  # @app.cli.command() takes async def too
+    flask_hooks.install()  # @app.cli.command() takes async def too
     # Under plain -k gevent nothing else waits for background tasks; at
     # exit they get GEVENTFLASK_SHUTDOWN_TIMEOUT seconds (GeventWorker drains
     # earlier, within graceful_timeout, and this becomes a no-op).
-    atexit.register(shut_down_at_exit)
+    lifecycle.drain_at_exit()
     _patched = True
-    if "gunicorn.workers.ggevent" in sys.modules:
-        # Under -k gevent, drain within the worker's graceful_timeout rather
-        # than at exit, where the master's SIGKILL may come first.
-        from .worker import adopt_worker_on_stack
-
-        adopt_worker_on_stack()
+    # Under -k gevent, drain within the worker's graceful_timeout rather
+    # than at exit, where the master's SIGKILL may come first.
+    lifecycle.adopt_worker_on_stack()
 
 
 def _refuse_free_threaded() -> None:
@@ -153,22 +149,10 @@ def _patch_if_worker(patch_all_kwargs: dict[str, t.Any]) -> None:
     # The master also forks to re-exec itself (USR2) and, in gunicorn 27, to
     # run a "dirty" arbiter; neither serves the app, so only a child forked
     # to become a worker patches.
-    if _forking_a_worker():
-        _patch(patch_all_kwargs, in_worker=True)
+    from .lifecycle import gunicorn_on_stack
 
-
-def _forking_a_worker() -> bool:
-    arbiter = sys.modules.get("gunicorn.arbiter")
-    if arbiter is None:
-        return False
-    frame: t.Any = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "spawn_worker" and isinstance(
-            frame.f_locals.get("self"), arbiter.Arbiter
-        ):
-            return True
-        frame = frame.f_back
-    return False
+    if gunicorn_on_stack().spawning_worker:
+        _patch(patch_all_kwargs, by_server=True)
 
 
 def _warn_if_too_late(*, check_ssl: bool) -> None:
@@ -197,30 +181,3 @@ def _warn_if_too_late(*, check_ssl: bool) -> None:
 def _gevent_patched(module: str) -> bool:
     monkey = sys.modules.get("gevent.monkey")
     return bool(monkey is not None and monkey.is_module_patched(module))
-
-
-def _gunicorn_role() -> str | None:
-    """``"master"`` while a gunicorn arbiter runs this code, ``"worker"`` in
-    a process it forked, None outside gunicorn.
-
-    A worker is forked from the arbiter, so both have arbiter frames on the
-    stack. A worker has a Worker frame below them once it runs, and before
-    that (in a ``post_fork`` hook) a process id other than the arbiter's.
-    The arbiter has no ``pid`` yet while it preloads the app.
-    """
-    arbiter = sys.modules.get("gunicorn.arbiter")
-    if arbiter is None:
-        return None
-    base = sys.modules.get("gunicorn.workers.base")
-    frame: types.FrameType | None = sys._getframe(1)
-    role = None
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if base is not None and isinstance(owner, base.Worker):
-            return "worker"
-        if isinstance(owner, arbiter.Arbiter):
-            if getattr(owner, "pid", None) not in (None, os.getpid()):
-                return "worker"
-            role = "master"
-        frame = frame.f_back
-    return role

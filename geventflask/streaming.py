@@ -10,11 +10,12 @@ chunk while the connection's greenlet waits cooperatively.
 
 One task for the whole body, rather than one per chunk, keeps
 ``asyncio.current_task()`` the same from chunk to chunk, so
-``asyncio.timeout()`` and task-scoped state may span a ``yield``; it is also
-cheaper: about 10 µs of overhead per chunk, against 13 to 19 µs for an
-``await_()`` per chunk (a sync generator costs under 1 µs). The generator
-never runs ahead of the server: it produces the next chunk only when the
-server asks for it, as a sync generator would.
+``asyncio.timeout()`` and task-scoped state may span a ``yield``. What a
+chunk costs, this way, with an ``await_()`` per chunk and from a sync
+generator: the "body chunk" lines of ``python -m benchmarks.dispatch``.
+
+The generator never runs ahead of the server: it produces the next chunk
+only when the server asks for it, as a sync generator would.
 
 Closing the iterator (servers do, in a ``finally``, when the client goes
 away and a write fails) closes the generator with ``aclose()``, so its
@@ -31,7 +32,7 @@ import weakref
 
 from gevent import get_hub
 
-from . import _compat
+from . import _compat, lifecycle
 from .bridge import HubWaiter
 from .policy import get_loop
 
@@ -286,3 +287,7 @@ async def _aclose(iterator: t.Any) -> None:
 
 #: Bodies whose task has started, for end_all(); each leaves when collected.
 _streaming: weakref.WeakSet[AsyncBodyIterator] = weakref.WeakSet()
+
+# A stopping worker waits for open streams like for in-flight requests, and
+# ends those still streaming at the drain's deadline.
+lifecycle.hold_drain_for(open_count, end_all, what="streaming response(s)")

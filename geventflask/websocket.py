@@ -49,6 +49,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from . import lifecycle
 from .bridge import await_
 
 __all__ = ["AsyncWebSocket", "ConnectionClosed", "Sock", "WebSocket", "close_all"]
@@ -156,7 +157,7 @@ class _Connection:
         self._async_waiters.add(future)
         try:
             await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self._async_waiters.discard(future)
@@ -314,6 +315,12 @@ def close_all(code: int = GOING_AWAY, reason: str = "server shutting down") -> i
     for conn in closing:
         conn.close(code, reason)
     return len(closing)
+
+
+# A stopping worker closes its WebSockets first (with 1001): each stays open
+# until a side closes it, so it would hold the worker for its whole
+# graceful_timeout.
+lifecycle.on_stop(close_all)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -551,33 +558,10 @@ def _make_view(
     name = getattr(handler, "__qualname__", None)
 
     def view(**url_values: t.Any) -> t.Any:
-        environ = request.environ
-        sock = _socket_of(environ)
-        protocol = WSConnection(ConnectionType.SERVER)
-        try:
-            protocol.initiate_upgrade_connection(
-                _headers_of(environ), _target_of(environ)
-            )
-            offer = next(protocol.events())
-        except RemoteProtocolError as exc:
-            hint = exc.event_hint
-            status = getattr(hint, "status_code", 400)
-            headers = list(getattr(hint, "headers", None) or [])
-            return Response(
-                f"Bad WebSocket handshake: {exc}\n",
-                status=status,
-                headers=[(k.decode(), v.decode()) for k, v in headers],
-            )
-        assert isinstance(offer, Request)
-        subprotocol = next((p for p in subprotocols if p in offer.subprotocols), None)
-        accept = AcceptConnection(
-            subprotocol=subprotocol, extensions=[PerMessageDeflate()]
-        )
-        try:
-            sock.sendall(protocol.send(accept))
-        except OSError:
-            logger.debug("WebSocket client %s left during the handshake", request.path)
-            return _TakenOver()
+        accepted = _handshake(request.environ, subprotocols, request.path)
+        if isinstance(accepted, Response):
+            return accepted
+        sock, protocol, subprotocol = accepted
         config = current_app.config
         connection = _Connection(
             sock,
@@ -585,27 +569,77 @@ def _make_view(
             ping_interval=_setting(config, ping_interval, "PING_INTERVAL"),
             max_message_size=_setting(config, max_message_size, "MAX_MESSAGE_SIZE"),
         )
-        code, reason = NORMAL_CLOSURE, ""
-        try:
-            if is_async:
-                await_(
-                    handler(AsyncWebSocket(connection, subprotocol), **url_values),
-                    name=name,
-                )
-            else:
-                handler(WebSocket(connection, subprotocol), **url_values)
-        except ConnectionClosed as exc:
-            logger.debug("WebSocket %s closed (%s)", request.path, exc.code)
-        except Exception:  # the 101 is sent: no error page can follow
-            current_app.log_exception(sys.exc_info())
-            code, reason = INTERNAL_ERROR, "internal error"
-        finally:
-            connection.finish(code, reason)
+        if is_async:
+            ws: _Base = AsyncWebSocket(connection, subprotocol)
+        else:
+            ws = WebSocket(connection, subprotocol)
+        _serve(connection, lambda: handler(ws, **url_values), is_async, name)
         return _TakenOver()
 
     view.__name__ = getattr(handler, "__name__", "websocket")
     view.__doc__ = handler.__doc__
     return view
+
+
+def _handshake(
+    environ: t.Any, subprotocols: list[str], path: str
+) -> Response | tuple[socket.socket, WSConnection, str | None]:
+    """Answer the opening handshake of the request in *environ* with a 101.
+
+    Returns the connection's socket, its wsproto state and the agreed
+    subprotocol; or, when there is no connection to serve, the response the
+    view returns instead: the status wsproto names (400 by default) for a
+    bad handshake, :class:`_TakenOver` when the client left during it.
+    """
+    sock = _socket_of(environ)
+    protocol = WSConnection(ConnectionType.SERVER)
+    try:
+        protocol.initiate_upgrade_connection(_headers_of(environ), _target_of(environ))
+        offer = next(protocol.events())
+    except RemoteProtocolError as exc:
+        hint = exc.event_hint
+        status = getattr(hint, "status_code", 400)
+        headers = list(getattr(hint, "headers", None) or [])
+        return Response(
+            f"Bad WebSocket handshake: {exc}\n",
+            status=status,
+            headers=[(k.decode(), v.decode()) for k, v in headers],
+        )
+    assert isinstance(offer, Request)
+    subprotocol = next((p for p in subprotocols if p in offer.subprotocols), None)
+    accept = AcceptConnection(subprotocol=subprotocol, extensions=[PerMessageDeflate()])
+    try:
+        sock.sendall(protocol.send(accept))
+    except OSError:
+        logger.debug("WebSocket client %s left during the handshake", path)
+        return _TakenOver()
+    return sock, protocol, subprotocol
+
+
+def _serve(
+    connection: _Connection,
+    run_handler: t.Callable[[], t.Any],
+    is_async: bool,
+    name: str | None,
+) -> None:
+    """Run the handler (awaiting what an ``async def`` one returns) until it
+    returns, then close the connection: 1000, or 1011 when the handler
+    failed (the 101 is sent, so no error page can follow)."""
+    from flask import current_app, request
+
+    code, reason = NORMAL_CLOSURE, ""
+    try:
+        if is_async:
+            await_(run_handler(), name=name)
+        else:
+            run_handler()
+    except ConnectionClosed as exc:
+        logger.debug("WebSocket %s closed (%s)", request.path, exc.code)
+    except Exception:
+        current_app.log_exception(sys.exc_info())
+        code, reason = INTERNAL_ERROR, "internal error"
+    finally:
+        connection.finish(code, reason)
 
 
 def _rule_options(options: dict[str, t.Any]) -> dict[str, t.Any]:

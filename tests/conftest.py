@@ -37,6 +37,7 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = None
+        # fmt: off
         cmd = [
             sys.executable, "-m", "gunicorn",
             "--no-control-socket",
@@ -47,18 +48,28 @@ class LiveServer:
             *args,
             app,
         ]
+        # fmt: on
         self.cmd = cmd
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(ROOT), str(LIVE_APPS), str(ROOT / "examples"), os.environ.get("PYTHONPATH", "")]
-        ), PYTHONUNBUFFERED="1", **(env or {}))
+        paths = [ROOT, LIVE_APPS, ROOT / "examples"]
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(
+                [*map(str, paths), os.environ.get("PYTHONPATH", "")]
+            ),
+            PYTHONUNBUFFERED="1",
+            **(env or {}),
+        )
         self.chdir = chdir or str(ROOT)
         self.proc = None
 
     def start(self, log_file, ready_path="/", timeout=20.0):
         self.log_file = log_file
         self.proc = subprocess.Popen(
-            self.cmd, cwd=self.chdir, env=self.env,
-            stdout=log_file, stderr=subprocess.STDOUT,
+            self.cmd,
+            cwd=self.chdir,
+            env=self.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -117,8 +128,14 @@ def live_server(tmp_path):
     """
     servers = []
 
-    def start(app, worker_class="geventflask.GeventWorker", args=(), env=None,
-              ready_path="/", timeout=20.0):
+    def start(
+        app,
+        worker_class="geventflask.GeventWorker",
+        args=(),
+        env=None,
+        ready_path="/",
+        timeout=20.0,
+    ):
         log_file = open(tmp_path / f"gunicorn-{len(servers)}.log", "w+")
         server = LiveServer(app, worker_class, args=args, env=env)
         servers.append(server)

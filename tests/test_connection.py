@@ -20,6 +20,7 @@ pytest_plugins = ["upstream"]
 
 LOOPS = {"geventflask": [], "gunicorn": ["--http-parser", "python"]}
 FALLBACK_NOTE = "gunicorn's own connection loop serves this worker"
+# fmt: off
 ARGS = [
     "-c", "tests/live_apps/http_hooks.py",
     "--keep-alive", "1",
@@ -27,6 +28,7 @@ ARGS = [
     "--limit-request-fields", "20",
     "--access-logfile", "-",
 ]
+# fmt: on
 
 
 def _start(request, tmp_path_factory, live_server_class, *extra):
@@ -317,8 +319,15 @@ def test_the_environ_follows_gunicorns_rules(http):
         (get("/env", "Expect: 200-ok"), 417),
         (get("/env", "X-Forwarded-Proto: https", "X-Forwarded-Proto: http"), 400),
     ],
-    ids=["request-line", "line-limit", "field-limit", "cl-and-te", "bad-cl",
-         "expect", "conflicting-scheme"],
+    ids=[
+        "request-line",
+        "line-limit",
+        "field-limit",
+        "cl-and-te",
+        "bad-cl",
+        "expect",
+        "conflicting-scheme",
+    ],
 )
 def test_malformed_requests_get_gunicorns_error_and_the_worker_lives(
     http, request_bytes, status
@@ -366,8 +375,10 @@ def test_hooks_and_access_log_see_each_request(http):
     # Both are written after the reply has left: wait for them.
     access_line = re.compile(r'"GET /env\?hooked HTTP/1.1" 200 \d+')
     wait_until(lambda: access_line.search(http.log()), what="the access log line")
-    wait_until(lambda: "post GET /env 200 OK\n" in http.hook_log.read_text(),
-               what="the post_request hook")
+    wait_until(
+        lambda: "post GET /env 200 OK\n" in http.hook_log.read_text(),
+        what="the post_request hook",
+    )
     assert "pre GET /env\n" in http.hook_log.read_text()
 
 

@@ -9,7 +9,6 @@ import sys
 import time
 
 import gevent
-import greenlet
 import pytest
 
 import geventflask

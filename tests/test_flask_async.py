@@ -565,4 +565,3 @@ def test_async_functions_made_per_request_are_not_kept_alive():
         assert client.get("/").get_data() == b"done"
     gc.collect()
     assert [ref() for ref in made] == [None, None, None]
-

@@ -32,7 +32,7 @@ def test_blocking_async_view_does_not_delay_another(
     )
     blocked = spawn_get(server.url + blocking_path)
     time.sleep(0.5)  # let the blocking view start and park in gevent
-    fast = get_json(server.url + "/fast")
+    get_json(server.url + "/fast")
     fast_finished_at = time.monotonic()
     slow, slow_finished_at = blocked.get(timeout=30)
     assert slow.status_code == 200, slow.text

@@ -235,7 +235,7 @@ def test_does_not_warn_about_ssl_in_a_worker():
         """
         import ssl  # noqa: F401
         from geventflask.patching import _patch, is_patched
-        found = warnings_from(lambda: _patch({}, in_worker=True))
+        found = warnings_from(lambda: _patch({}, by_server=True))
         report({"warnings": found, "patched": is_patched()})
         """
     )

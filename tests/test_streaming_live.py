@@ -143,9 +143,7 @@ def test_sse_example_broadcasts_to_an_aiohttp_client(sse_server):
 
 
 @pytest.mark.parametrize("worker", WORKERS)
-def test_sigterm_ends_an_endless_stream_at_the_deadline(
-    live_server, tmp_path, worker
-):
+def test_sigterm_ends_an_endless_stream_at_the_deadline(live_server, tmp_path, worker):
     # An endless stream (Server-Sent Events) would hold the worker until the
     # master kills it, and its finally would never run; at the drain's
     # deadline the stream is ended instead, so the finally runs.

@@ -12,9 +12,19 @@ geventflask.patch()
 app = Flask(__name__)
 
 ENVIRON_KEYS = (
-    "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SCRIPT_NAME",
-    "SERVER_PROTOCOL", "REMOTE_ADDR", "wsgi.url_scheme", "CONTENT_TYPE",
-    "HTTP_X_FORWARDED_FOR", "HTTP_X_UNDER", "HTTP_ACCEPT", "wsgi.multithread",
+    "REQUEST_METHOD",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "RAW_URI",
+    "SCRIPT_NAME",
+    "SERVER_PROTOCOL",
+    "REMOTE_ADDR",
+    "wsgi.url_scheme",
+    "CONTENT_TYPE",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_UNDER",
+    "HTTP_ACCEPT",
+    "wsgi.multithread",
 )
 
 
