@@ -148,9 +148,7 @@ def await_(awaitable: t.Awaitable[T], *, name: str | None = None) -> T:
     return _deliver_outcome(outcome, context)  # type: ignore[no-any-return]
 
 
-def _await_inside(
-    loop: HubEventLoop, awaitable: t.Awaitable[T], name: str | None
-) -> T:
+def _await_inside(loop: HubEventLoop, awaitable: t.Awaitable[T], name: str | None) -> T:
     """await_() from sync code that runs on *loop* (a task's step, or a child
     greenlet of one): run the awaitable as a task of its own, and wait for it
     the way a step waits for gevent, while the loop serves the others."""

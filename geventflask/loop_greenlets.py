@@ -223,7 +223,7 @@ def file_under_ident(runner: greenlet.greenlet, thread: t.Any) -> None:
         return
     import threading
 
-    active = threading._active  # type: ignore[attr-defined]
+    active = threading._active
     if thread is not None:
         _filed[runner] = thread
         active[id(runner)] = thread
@@ -237,8 +237,29 @@ def file_under_ident(runner: greenlet.greenlet, thread: t.Any) -> None:
 _filed: dict[greenlet.greenlet, t.Any] = {}
 
 
+def _active_count() -> int:
+    """``threading.active_count()`` without the runners' filed entries,
+    which repeat the loop's thread (see :func:`file_under_ident`)."""
+    return _threading_active_count() - len(_filed)  # type: ignore[misc]
+
+
+def _enumerate() -> list[t.Any]:
+    """``threading.enumerate()``, each thread once."""
+    seen: set[int] = set()
+    threads = []
+    for thread in _threading_enumerate():  # type: ignore[misc]
+        if id(thread) not in seen:
+            seen.add(id(thread))
+            threads.append(thread)
+    return threads
+
+
+_threading_active_count: t.Callable[[], int] | None = None
+_threading_enumerate: t.Callable[[], list[t.Any]] | None = None
+
+
 def _report_loop_threads() -> None:
-    global _threading_current_thread
+    global _threading_current_thread, _threading_active_count, _threading_enumerate
     if _threading_current_thread is not None:
         return
     from gevent import monkey
@@ -247,7 +268,11 @@ def _report_loop_threads() -> None:
         return  # every greenlet already sees the one real thread
     import threading
 
-    # threading's own functions look the name up in the module at call
-    # time, so they see this one too.
+    # threading's own functions look these names up in the module at call
+    # time, so they see ours too.
     _threading_current_thread = threading.current_thread
+    _threading_active_count = threading.active_count
+    _threading_enumerate = threading.enumerate
     threading.current_thread = current_thread
+    threading.active_count = _active_count
+    threading.enumerate = _enumerate

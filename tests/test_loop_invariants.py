@@ -285,6 +285,7 @@ def test_code_on_the_loop_sees_the_thread_that_runs_it():
         await spawn_sync(in_a_child)
         await blocked
         seen.append(threading.current_thread())
+        assert threading.enumerate().count(me) == 1
         return me, seen, threading.active_count() - count
 
     def from_a_named_greenlet():
@@ -296,6 +297,10 @@ def test_code_on_the_loop_sees_the_thread_that_runs_it():
     assert name == "loop-owner"
     assert names == ["loop-owner"] * 5
     assert grown <= 0
+
+    # anyio's check: a loop run from here counts as no extra thread at all.
+    before = threading.active_count()
+    assert run_on_own_loop(lambda: asyncio.sleep(0, threading.active_count())) == before
 
     # await_(): the coroutine's steps run in the caller's greenlet, which
     # reports the shared loop's thread while it runs them, as the loop's

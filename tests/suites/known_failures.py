@@ -35,21 +35,6 @@ _REFS_312 = (
 
 KNOWN_FAILURES: dict[str, dict[str, str | Since]] = {
     "anyio": {
-        "tests/test_from_thread.py::TestBlockingPortal"
-        "::test_start_without_thread_name[asyncio]": (
-            "start_blocking_portal() without a name renames its thread from"
-            " the portal's task (anyio/from_thread.py run_portal:"
-            " current_thread().name = 'asyncio-portal-<id>'), and a later"
-            " portal.call() must see that name; on ours it sees the thread's"
-            " first name ('Thread-N (run_blocking_portal)'). The loop's"
-            " thread identity comes from rebinding threading.current_thread,"
-            " but anyio imported current_thread by name ('from threading"
-            " import current_thread') before, so the rename went to the"
-            " runner greenlet's own Dummy thread. Making threading._active"
-            " map the runner's ident (gevent: id of the greenlet) to the"
-            " loop's Thread while it runs loop code would cover such"
-            " imports. Issue #10 (4)"
-        ),
         "tests/test_sockets.py::TestTCPStream"
         "::test_happy_eyeballs_refcycles[asyncio]": Since(
             (3, 12),
