@@ -24,3 +24,33 @@ if (3, 12) <= sys.version_info < (3, 14):
         " EventLoopPolicy.get_event_loop() gives the worker's shared loop"
         " to a greenlet that set none, by design (see policy.py)"
     )
+    KNOWN_FAILURES["test_unix_events.TestFork.test_fork_not_share_event_loop"] = (
+        "asserts that policy.get_event_loop() in a forked child warns"
+        " (DeprecationWarning: no current event loop) as it makes a loop;"
+        " EventLoopPolicy.get_event_loop() gives the child's own shared loop"
+        " without a warning, by design (see policy.py)"
+    )
+
+if sys.version_info >= (3, 12):
+    # From 3.12 the test starts its ProcessPoolExecutor with multiprocessing's
+    # forkserver (the default start method from 3.14); 3.11 forked.
+    for _variant in ("TestPyGetEventLoop", "TestCGetEventLoop"):
+        HANGS[f"test_events.{_variant}.test_get_event_loop_new_process"] = (
+            "hangs on asyncio's own loop under patch_all() as well: the test's"
+            " cleanup stops multiprocessing's forkserver and waits for it in"
+            " gevent's waitpid(), which never returns"
+        )
+
+if sys.version_info >= (3, 12):
+    # test_unix_events.TestFork (3.12+) drives multiprocessing in the test
+    # process; multiprocessing is not gevent-cooperative.
+    for _name in (
+        "test_fork_asyncio_run",
+        "test_fork_asyncio_subprocess",
+        "test_fork_signal_handling",
+    ):
+        KNOWN_FAILURES[f"test_unix_events.TestFork.{_name}"] = (
+            "fails on asyncio's own loop under patch_all() as well:"
+            " multiprocessing's Connection reads a socket gevent made"
+            " non-blocking and gets BlockingIOError"
+        )
