@@ -66,6 +66,7 @@ _heappush = heapq.heappush
 _Handle = asyncio.Handle
 _TimerHandle = asyncio.TimerHandle
 _Task = asyncio.Task
+_ThreadSafeHandle = _compat.ThreadSafeHandle
 _greenlet_switch = greenlet.greenlet.switch
 _real_get_ident: t.Callable[[], int] = get_original("_thread", "get_ident")
 _monotonic = time.monotonic
@@ -457,7 +458,13 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._check_closed()
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
-        handle: asyncio.Handle = self._call_soon(callback, args, context)
+        handle: asyncio.Handle
+        if _ThreadSafeHandle is None:
+            handle = self._call_soon(callback, args, context)
+        else:
+            # 3.14+: the handle asyncio gives, as asyncio's own method does.
+            handle = _ThreadSafeHandle(callback, args, self, context)
+            self._ready.append(handle)
         _without_own_frame(handle)
         if self._state == _PARKED:
             self._wake()
@@ -1178,10 +1185,16 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         **kwargs: t.Any,
     ) -> asyncio.Task[t.Any]:
         if kwargs or self._task_factory is not None or self._closed or self._debug:
+            # Only the arguments given: from 3.14 asyncio hands them to the
+            # task factory as they are, and a factory may take no name=.
+            if name is not None:
+                kwargs["name"] = name
+            if context is not None:
+                kwargs["context"] = context
             if _get_running_loop() is self:
-                task = super().create_task(coro, name=name, context=context, **kwargs)
+                task = super().create_task(coro, **kwargs)
             else:
-                task = self._create_task_lazily(coro, name, context, kwargs)
+                task = self._create_task_lazily(coro, kwargs)
             if self._task_factory is None:
                 _without_own_frame(task)
         else:
@@ -1196,11 +1209,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         return task
 
     def _create_task_lazily(
-        self,
-        coro: t.Any,
-        name: str | None,
-        context: contextvars.Context | None,
-        kwargs: dict[str, t.Any],
+        self, coro: t.Any, kwargs: dict[str, t.Any]
     ) -> asyncio.Task[t.Any]:
         """create_task() from a greenlet this loop is not running in: never
         start the task eagerly.
@@ -1219,7 +1228,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             kwargs = {**kwargs, "eager_start": False}
         self.is_running = _not_running  # type: ignore[method-assign]
         try:
-            return super().create_task(coro, name=name, context=context, **kwargs)
+            return super().create_task(coro, **kwargs)
         finally:
             del self.is_running
 
