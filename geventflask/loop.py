@@ -465,6 +465,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             # 3.14+: the handle asyncio gives, as asyncio's own method does.
             handle = _ThreadSafeHandle(callback, args, self, context)
             self._ready.append(handle)
+            _without_own_frame(handle)  # its __init__'s frame
         _without_own_frame(handle)
         if self._state == _PARKED:
             self._wake()
