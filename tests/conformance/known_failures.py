@@ -57,16 +57,18 @@ if sys.version_info >= (3, 12):
         " silently, by design (see policy.py)"
     )
 
+_PURE_PYTHON_SWAP = (
+    "the test swaps asyncio's C functions for the pure-Python ones at run"
+    " time; HubEventLoop binds the C ones at import (the running-loop"
+    " setter in _compat, the Task class in loop.py), so the pure-Python"
+    " registry the test then reads never sees the hub loop's state"
+)
+# A test of 3.14, backported to later 3.13 releases (3.13.15 has it).
+KNOWN_FAILURES[
+    "test_events.TestPyGetEventLoop.test_get_running_loop_already_running"
+] = _PURE_PYTHON_SWAP
+
 if sys.version_info >= (3, 14):
-    _PURE_PYTHON_SWAP = (
-        "the test swaps asyncio's C functions for the pure-Python ones at run"
-        " time; HubEventLoop binds the C ones at import (the running-loop"
-        " setter in _compat, the Task class in loop.py), so the pure-Python"
-        " registry the test then reads never sees the hub loop's state"
-    )
-    KNOWN_FAILURES[
-        "test_events.TestPyGetEventLoop.test_get_running_loop_already_running"
-    ] = _PURE_PYTHON_SWAP
     for _variant in ("TestPyFreeThreading", "TestEagerPyFreeThreading"):
         KNOWN_FAILURES[
             f"test_free_threading.{_variant}"
