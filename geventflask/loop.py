@@ -725,7 +725,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             self._run_task_step(handle, owner, me)
         else:
             handle._run()
-        handle = owner = None  # see _run_task_step
+        handle = owner = None  # type: ignore[assignment]  # see _run_task_step
 
     def _run_task_step(
         self, handle: asyncio.Handle, task: asyncio.Task[t.Any], me: greenlet.greenlet
@@ -735,7 +735,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             self._dispatch_step(handle, home)
             return
         handle._run()
-        handle = None
+        handle = None  # type: ignore[assignment]
         if me in self._tracker.children:
             if task.done():
                 self._tracker.drop_children(me)
