@@ -53,6 +53,7 @@ __all__ = [
     "MAXIMUM_SELECT_TIMEOUT",
     "MIN_CANCELLED_TIMER_HANDLES_FRACTION",
     "MIN_SCHEDULED_TIMER_HANDLES",
+    "ThreadSafeHandle",
     "UnixSubprocessTransport",
     "check_child_watcher",
     "deferred_fd_closes",
@@ -80,6 +81,12 @@ MIN_CANCELLED_TIMER_HANDLES_FRACTION: float = (
 )
 MAXIMUM_SELECT_TIMEOUT: float = asyncio.base_events.MAXIMUM_SELECT_TIMEOUT
 format_handle: t.Callable[[asyncio.Handle], str] = asyncio.base_events._format_handle
+
+#: 3.14+: the handle ``call_soon_threadsafe()`` returns, whose ``cancel()``
+#: waits for a callback already running (None before 3.14).
+ThreadSafeHandle: type[asyncio.Handle] | None = getattr(
+    asyncio.events, "_ThreadSafeHandle", None
+)
 
 
 def format_callback(callback: t.Callable[..., object], args: tuple[t.Any, ...]) -> str:

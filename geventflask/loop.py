@@ -73,6 +73,7 @@ _heappush = heapq.heappush
 _Handle = asyncio.Handle
 _TimerHandle = asyncio.TimerHandle
 _Task = asyncio.Task
+_ThreadSafeHandle = _compat.ThreadSafeHandle
 _greenlet_switch = greenlet.greenlet.switch
 _real_get_ident: t.Callable[[], int] = get_original("_thread", "get_ident")
 _monotonic = time.monotonic
@@ -469,7 +470,14 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         self._check_closed()
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
-        handle: asyncio.Handle = self._call_soon(callback, args, context)
+        handle: asyncio.Handle
+        if _ThreadSafeHandle is None:
+            handle = self._call_soon(callback, args, context)
+        else:
+            # 3.14+: the handle asyncio gives, as asyncio's own method does.
+            handle = _ThreadSafeHandle(callback, args, self, context)
+            self._ready.append(handle)
+            _without_own_frame(handle)  # its __init__'s frame
         _without_own_frame(handle)
         if self._state == _PARKED:
             self._wake()
@@ -731,6 +739,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             self._run_task_step(handle, owner, me)
         else:
             handle._run()
+        handle = owner = None  # type: ignore[assignment]  # see _run_task_step
 
     def _run_task_step(
         self, handle: asyncio.Handle, task: asyncio.Task[t.Any], me: greenlet.greenlet
@@ -740,11 +749,19 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             self._dispatch_step(handle, home)
             return
         handle._run()
+        handle = None  # type: ignore[assignment]
         if me in self._tracker.children:
             if task.done():
                 self._tracker.drop_children(me)
             else:
                 self._dedicate(me, task)
+        # Needed to break a cycle when the step failed, as in asyncio's
+        # Handle._run(): the exception's traceback holds the coroutine's
+        # frame, whose f_back (3.12-3.13) is this frame as it was on exit.
+        # With the task still in it, the failed task would outlive its last
+        # reference, and its failure would be reported only by a later
+        # garbage collection.
+        task = None  # type: ignore[assignment]
 
     def _dedicate(self, me: greenlet.greenlet, task: asyncio.Task[t.Any]) -> None:
         """Runner *me* ran a step of *task* that left child greenlets behind:
@@ -1011,6 +1028,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                 self._tracker.drop_children(me)
             else:
                 self._task_greenlets[task] = me
+            step = args = None  # type: ignore[assignment]
         return task
 
     def _take_step(
@@ -1216,6 +1234,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                     self._run_task_step(handle, owner, me)
                 else:
                     handle._run()
+                owner = None  # see _run_task_step
             if self._runner is not me:
                 return
         handle = None
@@ -1243,7 +1262,16 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         **kwargs: t.Any,
     ) -> asyncio.Task[t.Any]:
         if kwargs or self._task_factory is not None or self._closed or self._debug:
-            task = super().create_task(coro, name=name, context=context, **kwargs)
+            # Only the arguments given: from 3.14 asyncio hands them to the
+            # task factory as they are, and a factory may take no name=.
+            if name is not None:
+                kwargs["name"] = name
+            if context is not None:
+                kwargs["context"] = context
+            if _get_running_loop() is self:
+                task = super().create_task(coro, **kwargs)
+            else:
+                task = self._create_task_lazily(coro, kwargs)
             if self._task_factory is None:
                 _without_own_frame(task)
         else:
@@ -1256,6 +1284,30 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             if self._sweep_timer is None:
                 self._sweep_timer = self.call_later(SWEEP_INTERVAL, self._sweep_tick)
         return task
+
+    def _create_task_lazily(
+        self, coro: t.Any, kwargs: dict[str, t.Any]
+    ) -> asyncio.Task[t.Any]:
+        """create_task() from a greenlet this loop is not running in: never
+        start the task eagerly.
+
+        An eager start (3.12+: ``eager_start=True``, or a task factory such as
+        :func:`asyncio.eager_task_factory`) runs the first step in the caller,
+        but a sync greenlet has no running loop, so the step cannot find its
+        loop (3.12-3.13: ``get_running_loop()`` fails inside it and the
+        current-task slot of the loop is overwritten from outside it, see
+        CPython issue 155338; 3.14+: "is not the running loop"). asyncio's
+        tasks start eagerly only when ``loop.is_running()``, so the loop says
+        it is not for the length of this call, and the task's first step is
+        scheduled on the loop like any other.
+        """
+        if kwargs.get("eager_start"):
+            kwargs = {**kwargs, "eager_start": False}
+        self.is_running = _not_running  # type: ignore[method-assign]
+        try:
+            return super().create_task(coro, **kwargs)
+        finally:
+            del self.is_running
 
     @property
     def background_tasks(self) -> set[asyncio.Task[t.Any]]:
@@ -1423,6 +1475,10 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
             # to the hub's pool of real OS threads instead.
             self._default_executor = _NativeThreadExecutor(self._hub)
         return super().run_in_executor(executor, func, *args)
+
+
+def _not_running() -> bool:
+    return False
 
 
 def _do_nothing() -> None:

@@ -134,7 +134,8 @@ class DevServer:
                 with urllib.request.urlopen(self.url + path, timeout=10) as response:
                     return response.status, response.read().decode()
             except urllib.error.HTTPError as error:
-                return error.code, error.read().decode()
+                with error:  # 3.14 warns about a body left unclosed
+                    return error.code, error.read().decode()
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError(

@@ -109,10 +109,15 @@ class Connection:
         return taken
 
     def _line(self):
-        while b"\r\n" not in self.buffer:
+        # A bare LF ends a line too, as RFC 9112 (2.2) lets a recipient
+        # accept and clients do: on 3.14+ gunicorn's error responses end
+        # their header block with one, because 3.14's textwrap.dedent()
+        # empties the whitespace-only "\r" line of gunicorn's template
+        # (gunicorn.util.write_error).
+        while b"\n" not in self.buffer:
             self._fill()
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        return line
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.removesuffix(b"\r")
 
     def reply(self, head=False):
         status_line = self._line().decode("latin-1")

@@ -33,6 +33,7 @@ def test_each_stall_is_reported_once_by_route_or_task_with_its_stack(
 
     cases = [
         # what blocks, who the report names, the blocking line of the stack
+        # (or the lines it may be)
         (
             "/block-sync",
             "route GET /block-sync (endpoint 'block_sync'",
@@ -46,7 +47,12 @@ def test_each_stall_is_reported_once_by_route_or_task_with_its_stack(
         (
             "/block-task",
             "asyncio task 'cpu-hog' (coroutine busy_loop)",
-            "in busy_loop\n    while time.monotonic() < end:",
+            # Sampled mid-loop: the test or, from 3.14 (which gives the
+            # loop's jump back the body's line), the body.
+            (
+                "in busy_loop\n    while time.monotonic() < end:",
+                "in busy_loop\n    pass",
+            ),
         ),
     ]
     for path, who, blocking_line in cases:
@@ -63,7 +69,9 @@ def test_each_stall_is_reported_once_by_route_or_task_with_its_stack(
         time.sleep(0.3)
         found = reports(server, who)
         assert len(found) == 1, server.log()
-        assert blocking_line in found[0]
+        if isinstance(blocking_line, str):
+            blocking_line = (blocking_line,)
+        assert any(line in found[0] for line in blocking_line), found[0]
         assert "sync_to_async(fn, thread=True)" in found[0]
 
     # Cooperative waits are not stalls.
