@@ -35,7 +35,9 @@ def _frozen_at_startup():
     starts with a few hundred objects in the permanent generation."""
     out = subprocess.run(
         [sys.executable, "-c", "import gc; print(gc.get_freeze_count())"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return int(out)
 
