@@ -65,6 +65,24 @@ async def three_round_trips(tag):
     return await spawn_sync(sync_part)
 
 
+def interleaving_probe(pause, shared, interleaved, rounds):
+    """A coroutine function that, *rounds* times, puts its number on
+    *shared*, calls *pause* (a wait that does not wait), and records in
+    *interleaved* whether anything else ran in between."""
+
+    async def mutator(n):
+        for _ in range(rounds):
+            shared.append(n)
+            pause()
+            if shared[-1] != n:
+                interleaved.append(n)
+            shared.pop()
+            await asyncio.sleep(0)
+        return n
+
+    return mutator
+
+
 def run_both(main):
     """*main* on the shared loop through await_(), and on a loop of its own."""
     return await_(main()), run_on_own_loop(main)
@@ -158,18 +176,8 @@ def test_a_wait_that_does_not_wait_lets_no_other_task_in(pause):
     its connection pool: no other task may run at that point."""
 
     async def main():
-        shared = []
         interleaved = []
-
-        async def mutator(n):
-            for _ in range(20):
-                shared.append(n)
-                pause()
-                if shared[-1] != n:
-                    interleaved.append(n)
-                shared.pop()
-                await asyncio.sleep(0)
-
+        mutator = interleaving_probe(pause, [], interleaved, rounds=20)
         await asyncio.gather(*(mutator(n) for n in range(10)))
         return interleaved
 
@@ -188,19 +196,8 @@ def test_first_steps_run_by_many_callers_are_not_interleaved_either(pause):
     """await_() runs a coroutine's first step in its caller's greenlet; what
     that step runs up to its first await must not interleave with the
     loop's tasks or with other callers' first steps."""
-    shared = []
     interleaved = []
-
-    async def view(n):
-        for _ in range(5):
-            shared.append(n)
-            pause()
-            if shared[-1] != n:
-                interleaved.append(n)
-            shared.pop()
-            await asyncio.sleep(0)
-        return n
-
+    view = interleaving_probe(pause, [], interleaved, rounds=5)
     callers = [gevent.spawn(await_, view(n)) for n in range(30)]
     gevent.joinall(callers, timeout=30)
     assert [c.value for c in callers] == list(range(30))
