@@ -1060,12 +1060,8 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
         """*runner* is leaving: undo its state if it still holds any."""
         if self._runner is runner:
             self._runner = None
-        self._release(runner)
         unregister_thread(runner)
-        member = self._members.pop(runner, None)
-        if member is not None and member.installed:
-            _compat.swap_current_task(self, None)
-            self._deactivate()
+        self._leave_quietly(runner)
 
     def _finish(self, outcome: BaseException | None) -> None:
         """The loop stopped (or failed): wake the greenlet in run_forever()."""
@@ -1229,6 +1225,7 @@ class HubEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined
                     if self._runner is me:
                         self._current_handle = None
             else:
+                # _run_handle(), inlined: this runs for every callback.
                 owner = getattr(handle._callback, "__self__", None)
                 if owner is not None and isinstance(owner, _Task):
                     self._run_task_step(handle, owner, me)
